@@ -1,0 +1,72 @@
+"""The ``medfake`` command: one subcommand per step, each a thin call into its module.
+
+Every step module provides ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy
+imports (tensorflow, mlflow) inside functions, so ``medfake --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from medfake.errors import UserError
+
+# subcommand → (module, one-line help). Adding a step is one entry.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("medfake.datasets.phantom", "write a synthetic CT phantom in the CT-GAN and LIDC-IDRI layouts"),
+    "inspect": ("medfake.inspect", "summarise a DICOM file or series folder and the problems found"),
+    "preprocess": ("medfake.datasets.build", "build the balanced slice dataset of a config (cached, logged)"),
+    "backbones": ("medfake.backbones_table", "list the backbone registry (params, min size, weights cached)"),
+    "train": ("medfake.train", "two-phase transfer learning of one backbone, logged to MLflow"),
+    "bench": ("medfake.bench", "benchmarks: preprocess, latency, train"),
+    "quickstart": ("medfake.quickstart", "synth + preprocess + train on the phantom, as make quickstart does"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medfake",
+        description="Detect GAN-tampered CT slices with deep CNNs; every step is tracked in MLflow.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="STEP")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # step not built yet in this checkout
+        child = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(child)
+        child.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from medfake import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"medfake {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"medfake {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

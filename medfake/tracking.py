@@ -1,0 +1,160 @@
+"""Everything MLflow: tracking store, experiments, run lifecycle, search helpers.
+
+Runs never stay RUNNING: an exception ends them FAILED (reason in tag ``medfake.failure``),
+Ctrl-C or SIGTERM ends them KILLED. Under ``mlflow run`` the entry point attaches to the run the
+project launcher created (``MLFLOW_RUN_ID``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from medfake.errors import UserError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TAG_STAGE = "medfake.stage"
+TAG_DATA_DIGEST = "medfake.data_digest"
+TAG_CONFIG_DIGEST = "medfake.config_digest"
+TAG_FAILURE = "medfake.failure"
+TAG_DEVICE = "medfake.device"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the run can end KILLED."""
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the store (env ``MLFLOW_TRACKING_URI`` or ./mlflow.db) and the experiment."""
+    import logging
+
+    import mlflow
+
+    for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.set_experiment(experiment)
+    return exp.experiment_id
+
+
+def device_name() -> str:
+    """A short device description for tags and reports (CPU model and cores here)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {name} ({os.cpu_count()} cores)"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def run(
+    experiment: str,
+    run_name: str,
+    stage: str,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    nested: bool = False,
+    system_metrics: bool = False,
+) -> Iterator[Any]:
+    """Start (or resume/attach to) a run; end it FINISHED, FAILED or KILLED — never RUNNING."""
+    import mlflow
+
+    setup(experiment)
+    attach = run_id or (None if nested else os.environ.get("MLFLOW_RUN_ID"))
+    all_tags = {TAG_STAGE: stage, **(tags or {})}
+    kwargs: dict[str, Any] = {"nested": nested, "log_system_metrics": system_metrics or None}
+    if attach:
+        active = mlflow.start_run(run_id=attach, **kwargs)
+    else:
+        active = mlflow.start_run(run_name=run_name, tags=all_tags, **kwargs)
+    if attach:
+        mlflow.set_tags(all_tags)
+    with _sigterm_as_interrupt():
+        try:
+            yield active
+        except KeyboardInterrupt:
+            mlflow.set_tag(TAG_FAILURE, "interrupted (Ctrl-C or SIGTERM)")
+            mlflow.end_run(status="KILLED")
+            raise
+        except UserError as exc:
+            mlflow.set_tag(TAG_FAILURE, str(exc)[:4000])
+            mlflow.end_run(status="FAILED")
+            raise
+        except BaseException as exc:
+            mlflow.set_tag(TAG_FAILURE, f"{type(exc).__name__}: {exc}"[:4000])
+            mlflow.end_run(status="FAILED")
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params in chunks (MLflow takes at most 100 per call); values as strings."""
+    import mlflow
+
+    items = [(k, "null" if v is None else str(v)) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start : start + 100]))
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def log_config(cfg) -> None:
+    """The resolved config: flattened as params and as ``config.yaml``; its digest as a tag."""
+    import mlflow
+
+    log_params(cfg.flat())
+    mlflow.set_tag(TAG_CONFIG_DIGEST, cfg.digest())
+    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+
+
+def finished_runs(experiment: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
+    """FINISHED runs of an experiment matching an MLflow filter, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    setup(experiment)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    clauses = ["attributes.status = 'FINISHED'"] + ([filter_string] if filter_string else [])
+    return client.search_runs(
+        [exp.experiment_id],
+        filter_string=" and ".join(clauses),
+        order_by=order_by or ["attributes.start_time DESC"],
+        max_results=5000,
+    )
+
+
+def artifact_tempdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="medfake-")
