@@ -16,8 +16,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The main job on the embedded default (synthetic phantom): synth → preprocess → train.
 quickstart: $(STAMP)
-	$(BIN)/medfake quickstart
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train -P model=xception --env-manager local
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db data .medfake

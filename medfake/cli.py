@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backbones": ("medfake.backbones_table", "list the backbone registry (params, min size, weights cached)"),
     "train": ("medfake.train", "two-phase transfer learning of one backbone, logged to MLflow"),
     "bench": ("medfake.bench", "benchmarks: preprocess, latency, train"),
-    "quickstart": ("medfake.quickstart", "synth + preprocess + train on the phantom, as make quickstart does"),
+    "select": ("medfake.select", "rank screened backbones by H, repeat the top k, compare them (Tables A1, 2)"),
+    "paper": ("medfake.paper", "the whole study for a config: preprocess, screen, select, report (resumable)"),
+    "report": ("medfake.report", "render the study's tables and figures from the tracking store"),
+    "promote": ("medfake.promote", "register the best run's detector and move the champion alias by a stated rule"),
+    "scan": ("medfake.scan", "score every slice of CT series with a detector; flag suspicious slice ranges"),
 }
 
 

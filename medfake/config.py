@@ -55,6 +55,7 @@ class DataConfig:
     image_size: int = 512
     window: WindowConfig = field(default_factory=WindowConfig)
     cache_dir: str = ".medfake/datasets"
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -81,12 +81,20 @@ def run(
     run_id: str | None = None,
     nested: bool = False,
     system_metrics: bool = False,
+    detached: bool = False,
 ) -> Iterator[Any]:
-    """Start (or resume/attach to) a run; end it FINISHED, FAILED or KILLED — never RUNNING."""
+    """Start (or resume/attach to) a run; end it FINISHED, FAILED or KILLED — never RUNNING.
+
+    ``detached`` starts a separate run even under ``mlflow run`` (a step that needs another step
+    first, e.g. train running preprocess), instead of attaching to ``MLFLOW_RUN_ID``.
+    """
     import mlflow
 
     setup(experiment)
-    attach = run_id or (None if nested else os.environ.get("MLFLOW_RUN_ID"))
+    launcher_run = os.environ.get("MLFLOW_RUN_ID")
+    attach = run_id or (None if nested or detached else launcher_run)
+    if not attach and launcher_run:
+        os.environ.pop("MLFLOW_RUN_ID")  # start_run() would otherwise attach to it
     all_tags = {TAG_STAGE: stage, **(tags or {})}
     kwargs: dict[str, Any] = {"nested": nested, "log_system_metrics": system_metrics or None}
     if attach:
@@ -112,6 +120,9 @@ def run(
             raise
         else:
             mlflow.end_run(status="FINISHED")
+        finally:
+            if launcher_run:
+                os.environ["MLFLOW_RUN_ID"] = launcher_run
 
 
 def log_params(params: dict[str, Any]) -> None:

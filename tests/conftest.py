@@ -1,0 +1,27 @@
+"""Shared test setup: no network, a throwaway MLflow store and salt per test session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MEDFAKE_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MEDFAKE_ID_SALT", "test-salt")
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch):
+    """An empty MLflow store for one test; the working directory is the test's tmp folder."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
