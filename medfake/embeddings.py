@@ -101,6 +101,9 @@ def _pca(points: np.ndarray, seed: int) -> np.ndarray:
     return np.pad(projected, ((0, 0), (0, 2 - components)))
 
 
+EXACT_TSNE_MAX = 2000
+
+
 def _tsne(points: np.ndarray, seed: int) -> np.ndarray:
     """t-SNE with PCA initialisation; perplexity kept below n/3 so tiny sets still work."""
     from sklearn.manifold import TSNE
@@ -109,8 +112,14 @@ def _tsne(points: np.ndarray, seed: int) -> np.ndarray:
         return _pca(points, seed)
     if points.shape[1] < 2:
         points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+    if np.unique(points, axis=0).shape[0] < 4:  # (nearly) all points equal, e.g. dead ReLUs
+        return _pca(points, seed)
     perplexity = min(PERPLEXITY, (points.shape[0] - 1) / 3.0)
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
+    # Exact gradients up to a few thousand points: Barnes-Hut crashed (segfault) in scikit-learn
+    # on small, degenerate embeddings, and exact t-SNE of a test set (study: 373) is quick.
+    method = "exact" if points.shape[0] <= EXACT_TSNE_MAX else "barnes_hut"
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
+                method=method)
     return tsne.fit_transform(points)
 
 

@@ -75,3 +75,9 @@ def test_experiment_files_hold_no_absolute_paths():
         for line in path.read_text().splitlines():
             value = line.split("#", 1)[0].split(":", 1)[-1].strip()
             assert not value.startswith("/"), f"{path.name}: absolute path {value}"
+
+
+def test_set_strings_split_into_overrides():
+    from medfake.datasets.build import split_overrides
+
+    assert split_overrides(["a.b=1 c=2", "model.head_units=[16, 8]", ""]) == ["a.b=1", "c=2", "model.head_units=[16, 8]"]

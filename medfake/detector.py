@@ -1,0 +1,337 @@
+"""The detector: one self-contained Keras model from a Hounsfield-unit slice to P(tampered).
+
+Layout (the study's section 3: backbone + GAP + Dense 512 + Dense 256 + Dense 1 sigmoid)::
+
+    "hu" (S,S,1) HU → CTWindow → GreyToRGB → ImageNetScaling → "backbone" (always training=False)
+      → "pool" (GAP) → [Dropout] → "head_dense_1" (512 ReLU) → [Dropout] → "embedding" (256 ReLU)
+      → [Dropout] → "probability" (1 sigmoid, float32)
+
+Windowing and the backbone's ImageNet input scaling live inside the model, so a saved ``.keras``
+file, an ONNX or OpenVINO export and the ``scan`` step all take raw HU and agree. Only ``keras``
+and ``keras.ops`` are used here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import keras
+from keras import ops
+
+from medfake.backbones import Backbone, get_backbone, scale_input
+from medfake.errors import UserError
+
+INPUT_NAME = "hu"
+BACKBONE_NAME = "backbone"
+POOL_NAME = "pool"
+EMBEDDING_NAME = "embedding"
+OUTPUT_NAME = "probability"
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@keras.saving.register_keras_serializable(package="medfake")
+class CTWindow(keras.layers.Layer):
+    """Clip HU to [center - width/2, center + width/2] and map that range linearly to 0..255."""
+
+    def __init__(self, center: float, width: float, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not width > 0:
+            raise UserError(f"CT window width must be > 0 HU, got {width}")
+        self.center = float(center)
+        self.width = float(width)
+
+    def call(self, hu):
+        low = self.center - self.width / 2.0
+        clipped = ops.clip(hu, low, low + self.width)
+        return (clipped - low) * (255.0 / self.width)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "center": self.center, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="medfake")
+class GreyToRGB(keras.layers.Layer):
+    """Repeat a one-channel slice to the three channels ImageNet backbones expect (study: 3 channels)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, grey):
+        return ops.repeat(grey, 3, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+
+@keras.saving.register_keras_serializable(package="medfake")
+class ImageNetScaling(keras.layers.Layer):
+    """The backbone's own ImageNet input scaling of 0..255 RGB ("none", "tf", "torch", "caffe")."""
+
+    def __init__(self, scaling: str, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.scaling = scaling
+
+    def call(self, rgb):
+        return scale_input(rgb, self.scaling)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scaling": self.scaling}
+
+
+@keras.saving.register_keras_serializable(package="medfake")
+class InferenceModeBackbone(keras.layers.Layer):
+    """The backbone, always run with ``training=False`` (layer "backbone").
+
+    Keras 3 functional models pass the outer ``training`` flag into every nested call, overriding
+    a ``training=False`` written at build time; this wrapper ignores it, so BatchNormalization
+    keeps its ImageNet statistics and in-block dropout stays off even after unfreezing (the
+    intent of Keras's fine-tuning recipe). The weights train as usual when ``trainable``.
+    """
+
+    def __init__(self, base: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.base = base
+
+    @property
+    def layers(self) -> list[keras.layers.Layer]:
+        return self.base.layers
+
+    def call(self, images, training=None):
+        return self.base(images, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.base.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        base = keras.saving.deserialize_keras_object(config.pop("base"))
+        return cls(base, **config)
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[str]:
+    """Build under the Keras policy of ``precision``, then restore the global policy.
+
+    ``keras.applications`` constructors take no ``dtype``; their layers read the global policy
+    when they are created, so the policy is set for the duration of the build only.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        yield PRECISIONS[precision]
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def head_layer_names(head_units: Sequence[int]) -> list[str]:
+    """Names of the head's Dense layers: head_dense_1 … , "embedding" (last hidden), "probability"."""
+    if not head_units:
+        raise UserError("model.head_units must name at least one hidden layer (the embedding)")
+    hidden = [f"head_dense_{i}" for i in range(1, len(head_units))] + [EMBEDDING_NAME]
+    return [*hidden, OUTPUT_NAME]
+
+
+def _apply_head(features, head_units: Sequence[int], dropout: float):
+    """Dense ReLU layers of ``head_units`` (last = embedding) then the float32 sigmoid output.
+
+    With ``dropout`` > 0 a Dropout precedes every Dense layer (config ``model.dropout``).
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
+    names = head_layer_names(head_units)
+    x = features
+    for index, (units, name) in enumerate(zip([*head_units, 1], names), start=1):
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, name=f"head_dropout_{index}")(x)
+        if name == OUTPUT_NAME:
+            x = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
+        else:
+            x = keras.layers.Dense(int(units), activation="relu", name=name)(x)
+    return x
+
+
+def _resolve_backbone(backbone: str | Backbone) -> Backbone:
+    return backbone if isinstance(backbone, Backbone) else get_backbone(backbone)
+
+
+def build_detector(
+    backbone: str | Backbone,
+    image_size: int,
+    weights: str | None = None,
+    window: tuple[float, float] = (-600.0, 1500.0),
+    head_units: Sequence[int] = (512, 256),
+    dropout: float = 0.0,
+    precision: str = "float32",
+) -> keras.Model:
+    """Backbone + the study's head as one model taking HU slices (S,S,1), giving P(fake) (N,1).
+
+    ``weights`` is what the backbone constructor takes: None, "imagenet" or a file path (resolve
+    user input with ``medfake.weights.resolve_weights`` first). ``window`` is (center, width) in HU.
+    """
+    spec = _resolve_backbone(backbone)
+    size = int(image_size)
+    if size < spec.min_size:
+        raise UserError(
+            f"image size {size} is below the minimum input size {spec.min_size} of backbone {spec.name}"
+        )
+    center, width = window
+    with dtype_policy(precision):
+        hu = keras.Input(shape=(size, size, 1), dtype="float32", name=INPUT_NAME)
+        x = CTWindow(center, width, name="ct_window")(hu)
+        x = GreyToRGB(name="grey_to_rgb")(x)
+        x = ImageNetScaling(spec.scaling, name="imagenet_scaling")(x)
+        base = spec.constructor(input_shape=(size, size, 3), weights=weights)
+        x = InferenceModeBackbone(base, name=BACKBONE_NAME)(x)
+        features = keras.layers.GlobalAveragePooling2D(dtype="float32", name=POOL_NAME)(x)
+        probability = _apply_head(features, head_units, dropout)
+        model = keras.Model(hu, probability, name=f"medfake_{spec.name.lower()}")
+    return model
+
+
+def head_model(
+    feature_width: int,
+    head_units: Sequence[int] = (512, 256),
+    dropout: float = 0.0,
+    precision: str = "float32",
+) -> keras.Model:
+    """The head alone, from pooled backbone features (feature_width,) to P(fake).
+
+    Layer names equal the detector's, so ``copy_head_weights`` moves weights both ways: phase 1
+    of training can run on cached features and the result goes back onto the backbone.
+    """
+    with dtype_policy(precision):
+        features = keras.Input(shape=(int(feature_width),), dtype="float32", name=POOL_NAME)
+        probability = _apply_head(features, head_units, dropout)
+        return keras.Model(features, probability, name="medfake_head")
+
+
+def _weighted_head_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    return {layer.name: layer for layer in model.layers if layer.weights and layer.name != BACKBONE_NAME}
+
+
+def copy_head_weights(src: keras.Model, dst: keras.Model) -> list[str]:
+    """Copy the weights of every head layer (by name) from ``src`` to ``dst``; return the names."""
+    src_layers, dst_layers = _weighted_head_layers(src), _weighted_head_layers(dst)
+    if set(src_layers) != set(dst_layers):
+        raise UserError(
+            f"head layers differ: {sorted(src_layers)} in {src.name} vs {sorted(dst_layers)} in {dst.name}"
+        )
+    for name, layer in src_layers.items():
+        target = dst_layers[name]
+        shapes = [tuple(w.shape) for w in layer.weights], [tuple(w.shape) for w in target.weights]
+        if shapes[0] != shapes[1]:
+            raise UserError(f"head layer {name} has weight shapes {shapes[0]} in {src.name} but {shapes[1]} in {dst.name}")
+        target.set_weights(layer.get_weights())
+    return sorted(src_layers)
+
+
+def attach_head(detector: keras.Model, head: keras.Model) -> keras.Model:
+    """Put a head trained on cached features back on the detector (in place); return the detector."""
+    copy_head_weights(head, detector)
+    return detector
+
+
+def feature_extractor(detector: keras.Model) -> keras.Model:
+    """Sub-model from the "hu" input to the pooled backbone features ("pool", float32)."""
+    return keras.Model(detector.input, detector.get_layer(POOL_NAME).output, name=f"{detector.name}_features")
+
+
+def embedding_model(detector: keras.Model) -> keras.Model:
+    """Sub-model from the "hu" input to the penultimate 256-d embedding (the study's Fig. 4)."""
+    return keras.Model(detector.input, detector.get_layer(EMBEDDING_NAME).output, name=f"{detector.name}_embedding")
+
+
+def backbone_model(detector: keras.Model) -> keras.Model:
+    """The backbone's own Keras model inside a detector (its layers, its weights)."""
+    return detector.get_layer(BACKBONE_NAME).base
+
+
+def set_backbone_trainable(detector: keras.Model, unfreeze: str | float | bool | None) -> int:
+    """Freeze or unfreeze the backbone: "all", "none" (or None), or a fraction in (0, 1] of its last layers.
+
+    Returns the number of trainable backbone layers. Recompile the model afterwards. BatchNorm
+    statistics never change (the backbone always runs in inference mode), only weights train.
+    """
+    wrapper = detector.get_layer(BACKBONE_NAME)
+    layers = wrapper.layers
+    fraction = _unfreeze_fraction(unfreeze)
+    first_trainable = len(layers) - math.ceil(fraction * len(layers))
+    wrapper.trainable = wrapper.base.trainable = fraction > 0.0
+    for index, layer in enumerate(layers):  # a Functional model does not pass ``trainable`` down itself
+        layer.trainable = index >= first_trainable
+    return sum(1 for layer in layers if layer.trainable) if wrapper.trainable else 0
+
+
+def _unfreeze_fraction(unfreeze: str | float | bool | None) -> float:
+    if unfreeze is None:
+        return 0.0
+    if isinstance(unfreeze, bool):
+        return 1.0 if unfreeze else 0.0
+    text = str(unfreeze).strip().lower()
+    if text == "all":
+        return 1.0
+    if text == "none":
+        return 0.0
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise UserError(f"train.unfreeze must be 'all', 'none' or a fraction in [0, 1], got {unfreeze!r}")
+    return fraction
+
+
+def count_params_m(model: keras.Model) -> float:
+    """All parameters (trainable and not) in millions, as the study's Table 3 counts them."""
+    return model.count_params() / 1e6
+
+
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """A copy of a detector whose layers compute in ``precision`` (same weights).
+
+    The CT window, scaling, pooling and output layers stay float32, as ``build_detector`` makes them.
+    """
+    target = PRECISIONS.get(precision)
+    if target is None:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    config = _retype_config(model.get_config(), target)
+    with dtype_policy(precision):
+        copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+_FLOAT32_LAYERS = {"CTWindow", "GreyToRGB", "ImageNetScaling", "InputLayer"}
+_FLOAT32_NAMES = {POOL_NAME, OUTPUT_NAME}
+
+
+def _retype_config(node, policy_name: str):
+    """Walk a layer config and set every layer's dtype policy, except the float32 ones."""
+    if isinstance(node, list):
+        return [_retype_config(item, policy_name) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _retype_config(value, policy_name) for key, value in node.items()}
+    config = node.get("config")
+    if isinstance(config, dict) and isinstance(config.get("dtype"), dict) and "class_name" in node:
+        keep = node["class_name"] in _FLOAT32_LAYERS or config.get("name") in _FLOAT32_NAMES
+        if not keep and config["dtype"].get("class_name") == "DTypePolicy":
+            config["dtype"] = {**config["dtype"], "config": {"name": policy_name}}
+    return node

@@ -1,0 +1,169 @@
+"""The study's training loop (section 4): epochs over seeded batches, keep the lowest-val-loss weights.
+
+Both phases use the same loop. Phase 1 can run on cached backbone features (the backbone is
+frozen and there is no augmentation, so the head sees exactly the same inputs); phase 2 runs on
+images read batch by batch from the memory-mapped dataset. Batch order is a function of
+(seed, phase, epoch) alone, so a resumed run and the cached/naive phase-1 paths see the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def epoch_order(seed: int, phase: int, epoch: int, n: int) -> np.ndarray:
+    """The sample order of one epoch: the same on a resumed run and on both phase-1 paths."""
+    return np.random.default_rng([seed, phase, epoch]).permutation(n)
+
+
+def image_batches(images, labels: np.ndarray, order: np.ndarray, batch_size: int):
+    """A keras PyDataset over (int16 HU memmap rows → float32 (b,S,S,1), labels (b,1))."""
+    import keras
+
+    class _Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+
+        def __len__(self):
+            return math.ceil(len(order) / batch_size)
+
+        def __getitem__(self, i):
+            idx = np.sort(order[i * batch_size : (i + 1) * batch_size])
+            take = order[i * batch_size : (i + 1) * batch_size]
+            # Read sorted rows from the memmap (fast), then restore the epoch's order.
+            block = np.asarray(images[idx], dtype=np.float32)
+            block = block[np.searchsorted(idx, take)]
+            return block[..., None], labels[take].astype(np.float32)[:, None]
+
+    return _Batches()
+
+
+def predict_images(model, images, batch_size: int) -> np.ndarray:
+    """Model outputs for all rows of an int16 image array, batch by batch (no big copies)."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        block = np.asarray(images[start : start + batch_size], dtype=np.float32)[..., None]
+        outputs.append(np.asarray(model.predict_on_batch(block), dtype=np.float32))
+    return np.concatenate(outputs) if outputs else np.zeros((0, 1), np.float32)
+
+
+def bce(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(np.asarray(p, np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    y = np.asarray(y, np.float64).reshape(-1)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+@dataclass
+class PhaseState:
+    """Where a phase stands: what a checkpoint records so a run can resume."""
+
+    phase: int
+    epochs_done: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PhaseState":
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Checkpoints:
+    """Per-epoch checkpoint files of one run: current and best weights plus the phase state."""
+
+    folder: Path
+
+    def paths(self, phase: int) -> tuple[Path, Path, Path]:
+        return (
+            self.folder / f"phase{phase}.last.weights.h5",
+            self.folder / f"phase{phase}.best.weights.h5",
+            self.folder / f"phase{phase}.state.json",
+        )
+
+    def load_state(self, phase: int) -> PhaseState | None:
+        state = self.paths(phase)[2]
+        return PhaseState.from_json(state.read_text()) if state.is_file() else None
+
+    def save(self, model, state: PhaseState, improved: bool) -> None:
+        last, best, state_file = self.paths(state.phase)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = last.with_name("tmp." + last.name)
+        model.save_weights(tmp)
+        tmp.replace(last)
+        if improved:
+            tmp = best.with_name("tmp." + best.name)
+            model.save_weights(tmp)
+            tmp.replace(best)
+        tmp_state = state_file.with_suffix(".tmp")
+        tmp_state.write_text(state.to_json())
+        tmp_state.replace(state_file)
+
+
+def run_phase(
+    model,
+    phase: int,
+    epochs: int,
+    train_data: Callable[[int], tuple],
+    val_scores: Callable[[], np.ndarray],
+    y_val: np.ndarray,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    checkpoints: Checkpoints | None = None,
+    initial_best: float = math.inf,
+    progress: bool = True,
+) -> PhaseState:
+    """Train ``epochs`` epochs; afterwards the model holds its lowest-val-loss weights.
+
+    ``train_data(epoch)`` returns ``fit`` arguments for one epoch (x, y) or (dataset, None).
+    With ``initial_best`` the weights the phase starts from compete too (phase 2 keeps the
+    phase-1 weights when no fine-tuning epoch improves the validation loss).
+    """
+    from sklearn.metrics import roc_auc_score
+    from tqdm import tqdm
+
+    state = PhaseState(phase=phase, best_val_loss=initial_best)
+    best_weights = model.get_weights() if math.isfinite(initial_best) else None
+    if checkpoints is not None:
+        saved = checkpoints.load_state(phase)
+        if saved is not None:
+            state = saved
+            last, best, _ = checkpoints.paths(phase)
+            if best.is_file():
+                model.load_weights(best)
+                best_weights = model.get_weights()
+            if last.is_file():
+                model.load_weights(last)
+    bar = tqdm(total=epochs, initial=state.epochs_done, desc=f"phase {phase}", unit="epoch", disable=not progress)
+    for epoch in range(state.epochs_done, epochs):
+        x, y = train_data(epoch)
+        # shuffle=False: the batch order is ours (epoch_order), also for PyDatasets.
+        history = model.fit(x, y, epochs=1, verbose=0, shuffle=False)
+        scores = np.asarray(val_scores()).reshape(-1)
+        val_loss = bce(y_val, scores)
+        val_auc = float(roc_auc_score(y_val, scores)) if len(set(np.asarray(y_val).tolist())) == 2 else float("nan")
+        logs = {"loss": float(history.history["loss"][-1]), "val_loss": val_loss, "val_auc": val_auc}
+        improved = val_loss < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_epoch = val_loss, epoch
+            best_weights = model.get_weights()
+        state.epochs_done = epoch + 1
+        state.history.append({"epoch": epoch, **logs})
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.4f}", val_loss=f"{val_loss:.4f}", val_auc=f"{val_auc:.3f}")
+        if on_epoch is not None:  # log first: a resumed run never misses a logged epoch
+            on_epoch(epoch, logs)
+        if checkpoints is not None:
+            checkpoints.save(model, state, improved)
+    bar.close()
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return state
