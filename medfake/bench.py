@@ -12,6 +12,8 @@ import importlib
 # benchmark → (module, one-line help)
 BENCHES: dict[str, tuple[str, str]] = {
     "latency": ("medfake.latency", "inference latency per backbone and runtime (the study's Table 3 method)"),
+    "preprocess": ("medfake.bench_preprocess", "preprocess throughput: header-first selective decoding vs decoding all"),
+    "train": ("medfake.bench_train", "phase 1 feature cache vs naive fit, precision per backbone, paper wall time"),
 }
 
 

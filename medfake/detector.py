@@ -2,13 +2,14 @@
 
 Layout (the study's section 3: backbone + GAP + Dense 512 + Dense 256 + Dense 1 sigmoid)::
 
-    "hu" (S,S,1) HU → CTWindow → GreyToRGB → ImageNetScaling → "backbone" (always training=False)
-      → "pool" (GAP) → [Dropout] → "head_dense_1" (512 ReLU) → [Dropout] → "embedding" (256 ReLU)
+    "hu" (S,S,1) HU → CT window (Rescaling + ReLU clip to 0..255) → grey to RGB (Concatenate)
+      → ImageNet scaling (Rescaling / Normalization) → "backbone" → "pool" (GAP) → [Dropout] → "head_dense_1" (512 ReLU) → [Dropout] → "embedding" (256 ReLU)
       → [Dropout] → "probability" (1 sigmoid, float32)
 
 Windowing and the backbone's ImageNet input scaling live inside the model, so a saved ``.keras``
-file, an ONNX or OpenVINO export and the ``scan`` step all take raw HU and agree. Only ``keras``
-and ``keras.ops`` are used here.
+file, an ONNX or OpenVINO export and the ``scan`` step all take raw HU and agree. Every layer is a
+Keras built-in, so the model loads without medfake (MLflow pyfunc, ``mlflow models serve``).
+Only ``keras`` and ``keras.ops`` are used here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Sequence
 import keras
 from keras import ops
 
-from medfake.backbones import Backbone, get_backbone, scale_input
+from medfake.backbones import IMAGENET_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Backbone, get_backbone
 from medfake.errors import UserError
 
 INPUT_NAME = "hu"
@@ -31,96 +32,44 @@ OUTPUT_NAME = "probability"
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
-@keras.saving.register_keras_serializable(package="medfake")
-class CTWindow(keras.layers.Layer):
-    """Clip HU to [center - width/2, center + width/2] and map that range linearly to 0..255."""
+def window_layers(center: float, width: float) -> list[keras.layers.Layer]:
+    """CT window as built-in layers: HU → linear map of [center ± width/2] to 0..255, clipped.
 
-    def __init__(self, center: float, width: float, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if not width > 0:
-            raise UserError(f"CT window width must be > 0 HU, got {width}")
-        self.center = float(center)
-        self.width = float(width)
-
-    def call(self, hu):
-        low = self.center - self.width / 2.0
-        clipped = ops.clip(hu, low, low + self.width)
-        return (clipped - low) * (255.0 / self.width)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "center": self.center, "width": self.width}
-
-
-@keras.saving.register_keras_serializable(package="medfake")
-class GreyToRGB(keras.layers.Layer):
-    """Repeat a one-channel slice to the three channels ImageNet backbones expect (study: 3 channels)."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
-    def call(self, grey):
-        return ops.repeat(grey, 3, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 3)
-
-
-@keras.saving.register_keras_serializable(package="medfake")
-class ImageNetScaling(keras.layers.Layer):
-    """The backbone's own ImageNet input scaling of 0..255 RGB ("none", "tf", "torch", "caffe")."""
-
-    def __init__(self, scaling: str, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.scaling = scaling
-
-    def call(self, rgb):
-        return scale_input(rgb, self.scaling)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scaling": self.scaling}
-
-
-@keras.saving.register_keras_serializable(package="medfake")
-class InferenceModeBackbone(keras.layers.Layer):
-    """The backbone, always run with ``training=False`` (layer "backbone").
-
-    Keras 3 functional models pass the outer ``training`` flag into every nested call, overriding
-    a ``training=False`` written at build time; this wrapper ignores it, so BatchNormalization
-    keeps its ImageNet statistics and in-block dropout stays off even after unfreezing (the
-    intent of Keras's fine-tuning recipe). The weights train as usual when ``trainable``.
+    Built-in layers only (here and below), so a saved detector loads anywhere, e.g. in
+    ``mlflow models serve``, without importing medfake.
     """
+    if not width > 0:
+        raise UserError(f"CT window width must be > 0 HU, got {width}")
+    low = float(center) - float(width) / 2.0
+    scale = 255.0 / float(width)
+    return [
+        keras.layers.Rescaling(scale, offset=-low * scale, dtype="float32", name="ct_window_scale"),
+        keras.layers.ReLU(max_value=255.0, dtype="float32", name="ct_window"),
+    ]
 
-    def __init__(self, base: keras.Model, **kwargs):
-        super().__init__(**kwargs)
-        self.base = base
 
-    @property
-    def layers(self) -> list[keras.layers.Layer]:
-        return self.base.layers
+def scaling_layers(scaling: str) -> list[keras.layers.Layer]:
+    """The backbone's ImageNet input scaling of 0..255 RGB as built-in layers.
 
-    def call(self, images, training=None):
-        return self.base(images, training=False)
-
-    def compute_output_shape(self, input_shape):
-        return self.base.compute_output_shape(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "base": keras.saving.serialize_keras_object(self.base)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        base = keras.saving.deserialize_keras_object(config.pop("base"))
-        return cls(base, **config)
+    The three channels are one grey slice repeated, so Caffe's RGB→BGR swap changes nothing and
+    only its BGR mean is subtracted.
+    """
+    factories = {
+        "none": lambda: [],
+        "tf": lambda: [keras.layers.Rescaling(1 / 127.5, offset=-1.0, dtype="float32", name="imagenet_scaling")],
+        "torch": lambda: [
+            keras.layers.Rescaling(1 / 255.0, dtype="float32", name="imagenet_unit"),
+            keras.layers.Normalization(mean=list(IMAGENET_MEAN_RGB), variance=[s * s for s in IMAGENET_STD_RGB],
+                                       dtype="float32", name="imagenet_scaling"),
+        ],
+        "caffe": lambda: [
+            keras.layers.Normalization(mean=list(IMAGENET_MEAN_BGR), variance=[1.0, 1.0, 1.0], dtype="float32",
+                                       name="imagenet_scaling"),
+        ],
+    }
+    if scaling not in factories:
+        raise ValueError(f"unknown input scaling {scaling!r}; one of {', '.join(factories)}")
+    return factories[scaling]()
 
 
 @contextlib.contextmanager
@@ -194,11 +143,15 @@ def build_detector(
     center, width = window
     with dtype_policy(precision):
         hu = keras.Input(shape=(size, size, 1), dtype="float32", name=INPUT_NAME)
-        x = CTWindow(center, width, name="ct_window")(hu)
-        x = GreyToRGB(name="grey_to_rgb")(x)
-        x = ImageNetScaling(spec.scaling, name="imagenet_scaling")(x)
+        x = hu
+        for layer in window_layers(center, width):
+            x = layer(x)
+        x = keras.layers.Concatenate(axis=-1, dtype="float32", name="grey_to_rgb")([x, x, x])
+        for layer in scaling_layers(spec.scaling):
+            x = layer(x)
         base = spec.constructor(input_shape=(size, size, 3), weights=weights)
-        x = InferenceModeBackbone(base, name=BACKBONE_NAME)(x)
+        backbone = keras.Model(base.input, base.output, name=BACKBONE_NAME)
+        x = backbone(x)
         features = keras.layers.GlobalAveragePooling2D(dtype="float32", name=POOL_NAME)(x)
         probability = _apply_head(features, head_units, dropout)
         model = keras.Model(hu, probability, name=f"medfake_{spec.name.lower()}")
@@ -260,23 +213,28 @@ def embedding_model(detector: keras.Model) -> keras.Model:
 
 def backbone_model(detector: keras.Model) -> keras.Model:
     """The backbone's own Keras model inside a detector (its layers, its weights)."""
-    return detector.get_layer(BACKBONE_NAME).base
+    return detector.get_layer(BACKBONE_NAME)
 
 
-def set_backbone_trainable(detector: keras.Model, unfreeze: str | float | bool | None) -> int:
+def set_backbone_trainable(detector: keras.Model, unfreeze: str | float | bool | None,
+                           freeze_batchnorm: bool = True) -> int:
     """Freeze or unfreeze the backbone: "all", "none" (or None), or a fraction in (0, 1] of its last layers.
 
-    Returns the number of trainable backbone layers. Recompile the model afterwards. BatchNorm
-    statistics never change (the backbone always runs in inference mode), only weights train.
+    Returns the number of trainable backbone layers; recompile afterwards. With pretrained weights
+    BatchNormalization stays frozen, which in Keras 3 also keeps it in inference mode with its
+    ImageNet statistics (the Keras fine-tuning recipe; ``training=False`` at call time does not
+    survive in a functional model). A backbone trained from scratch (``freeze_batchnorm=False``)
+    needs its BatchNorm layers to learn their statistics, so they unfreeze with the rest.
     """
-    wrapper = detector.get_layer(BACKBONE_NAME)
-    layers = wrapper.layers
+    backbone = detector.get_layer(BACKBONE_NAME)
+    layers = backbone.layers
     fraction = _unfreeze_fraction(unfreeze)
     first_trainable = len(layers) - math.ceil(fraction * len(layers))
-    wrapper.trainable = wrapper.base.trainable = fraction > 0.0
+    backbone.trainable = fraction > 0.0
     for index, layer in enumerate(layers):  # a Functional model does not pass ``trainable`` down itself
-        layer.trainable = index >= first_trainable
-    return sum(1 for layer in layers if layer.trainable) if wrapper.trainable else 0
+        frozen_bn = freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= first_trainable and not frozen_bn
+    return sum(1 for layer in layers if layer.trainable) if backbone.trainable else 0
 
 
 def _unfreeze_fraction(unfreeze: str | float | bool | None) -> float:
@@ -318,8 +276,9 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
     return copy
 
 
-_FLOAT32_LAYERS = {"CTWindow", "GreyToRGB", "ImageNetScaling", "InputLayer"}
-_FLOAT32_NAMES = {POOL_NAME, OUTPUT_NAME}
+_FLOAT32_LAYERS = {"InputLayer"}
+_FLOAT32_NAMES = {POOL_NAME, OUTPUT_NAME, "ct_window_scale", "ct_window", "grey_to_rgb", "imagenet_unit",
+                  "imagenet_scaling"}
 
 
 def _retype_config(node, policy_name: str):

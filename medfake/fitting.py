@@ -22,24 +22,27 @@ def epoch_order(seed: int, phase: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, phase, epoch]).permutation(n)
 
 
-def image_batches(images, labels: np.ndarray, order: np.ndarray, batch_size: int):
-    """A keras PyDataset over (int16 HU memmap rows → float32 (b,S,S,1), labels (b,1))."""
+def image_batches(images, rows: np.ndarray, labels: np.ndarray, batch_size: int):
+    """A keras PyDataset over dataset rows in the given order: int16 HU memmap rows → float32
+    (b,S,S,1) batches with their labels (b,1). ``labels[i]`` belongs to ``rows[i]``."""
     import keras
+
+    rows = np.asarray(rows)
+    labels = np.asarray(labels, np.float32)
 
     class _Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
 
         def __len__(self):
-            return math.ceil(len(order) / batch_size)
+            return math.ceil(len(rows) / batch_size)
 
         def __getitem__(self, i):
-            idx = np.sort(order[i * batch_size : (i + 1) * batch_size])
-            take = order[i * batch_size : (i + 1) * batch_size]
+            take = rows[i * batch_size : (i + 1) * batch_size]
+            idx = np.sort(take)
             # Read sorted rows from the memmap (fast), then restore the epoch's order.
-            block = np.asarray(images[idx], dtype=np.float32)
-            block = block[np.searchsorted(idx, take)]
-            return block[..., None], labels[take].astype(np.float32)[:, None]
+            block = np.asarray(images[idx], dtype=np.float32)[np.searchsorted(idx, take)]
+            return block[..., None], labels[i * batch_size : (i + 1) * batch_size, None]
 
     return _Batches()
 

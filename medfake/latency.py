@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import multiprocessing
 import os
 import platform
 import re
@@ -21,7 +22,9 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,26 +62,12 @@ class LatencyRow:
     paper_ms: tuple[float, float]
 
 
-def step_times_ms(predict_fn: Callable, batch, steps: int = 10, warmup: int = 2) -> np.ndarray:
-    """Call ``predict_fn(batch)`` ``warmup`` times untimed, then ``steps`` times timed; the times in ms."""
-    if steps < 1 or warmup < 0:
-        raise UserError(f"latency needs steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")
-    for _ in range(warmup):
-        predict_fn(batch)
-    times_ms = np.empty(steps)
-    for step in range(steps):
-        start = time.perf_counter()
-        predict_fn(batch)
-        times_ms[step] = (time.perf_counter() - start) * 1000.0
-    return times_ms
-
-
 def measure_latency(predict_fn: Callable, batch, steps: int = 10, warmup: int = 2) -> tuple[float, float]:
     """Mean and std (sample; 0 for one step) in ms of ``steps`` timed calls after ``warmup`` untimed ones.
 
     The study's Table 3 method: mean ± std of the inference-step time over 10 runs.
     """
-    times_ms = step_times_ms(predict_fn, batch, steps, warmup)
+    times_ms = interleaved_step_times_ms([predict_fn], batch, steps, warmup)[0]
     return float(times_ms.mean()), float(times_ms.std(ddof=1)) if steps > 1 else 0.0
 
 
@@ -125,7 +114,8 @@ def calibrate_random_detector(model, batch: np.ndarray, calibration_batch: np.nd
 
     if calibration_batch is not None:
         base = backbone_model(model)
-        preprocess = keras.Model(model.input, model.get_layer("imagenet_scaling").output)
+        before_base = model.layers[model.layers.index(base) - 1]  # the last preprocessing layer
+        preprocess = keras.Model(model.input, before_base.output)
         norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
         momenta = [layer.momentum for layer in norms]
         try:
@@ -190,9 +180,11 @@ def benchmark_backbone(
     weights: str = "none",
     jit: bool = False,
     window: tuple[float, float] = (-600.0, 1500.0),
-    report: Callable[[LatencyRow], None] = lambda row: None,
 ) -> list[LatencyRow]:
-    """Measure the Keras float32 baseline and every row of ``rows`` for one backbone."""
+    """Measure the Keras float32 baseline and every row of ``rows`` for one backbone, taking turns.
+
+    Every runtime is loaded first, then all are timed in turn (``interleaved_step_times_ms``).
+    """
     import keras
 
     from medfake.backbones import get_backbone
@@ -208,43 +200,58 @@ def benchmark_backbone(
     calibrate_random_detector(model, batch, random_ct_batch(batch_size, size, seed=1) if weights_value is None else None)
     paper = tuple(backbone.paper_latency_ms)
 
-    def row(label: str, times_ms: np.ndarray, base_mean_ms: float | None, delta: float) -> LatencyRow:
-        mean_ms = float(times_ms.mean())
-        std_ms = float(times_ms.std(ddof=1)) if len(times_ms) > 1 else 0.0
-        speedup = base_mean_ms / mean_ms if base_mean_ms else 1.0
-        result = LatencyRow(backbone.name, label, params_m, mean_ms, std_ms, float(times_ms.min()),
-                            batch_size * 1000.0 / mean_ms, speedup, delta, paper)
-        report(result)
-        return result
-
     def baseline_predict(x):
         return model.predict_on_batch(x)
-
-    base_times = step_times_ms(baseline_predict, batch, steps, warmup)
-    base_probs = np.asarray(baseline_predict(batch), dtype=np.float64).reshape(-1)
-    results = [row("keras-float32 (baseline)", base_times, None, 0.0)]
-    base_mean = results[0].mean_ms
 
     export_root = Path(tempfile.mkdtemp(prefix="medfake-latency-"))
     try:
         formats = [r for r in ("onnx", "openvino") if any(spec.runtime == r for spec in rows)]
         exported = export_detector(model, export_root, formats=formats) if formats else {}
+        contenders: list[tuple[str, Callable]] = [("keras-float32 (baseline)", baseline_predict)]
         for spec in rows:
             if _is_baseline(spec, jit):
                 continue
             source = model if spec.runtime == "keras" else exported[spec.runtime]
             runtime = load_runtime(source, spec.runtime, spec.precision, jit_compile=jit and spec.runtime == "keras")
-            times = step_times_ms(runtime.predict, batch, steps, warmup)
-            delta = float(np.max(np.abs(runtime.predict(batch).astype(np.float64) - base_probs)))
-            results.append(row(runtime.name, times, base_mean, delta))
-            del runtime
-            gc.collect()
+            contenders.append((runtime.name, runtime.predict))
+        times_ms = interleaved_step_times_ms([predict for _, predict in contenders], batch, steps, warmup)
+        probabilities = [np.asarray(predict(batch), dtype=np.float64).reshape(-1) for _, predict in contenders]
     finally:
         shutil.rmtree(export_root, ignore_errors=True)
         del model
         keras.backend.clear_session()
         gc.collect()
+
+    base_mean = float(times_ms[0].mean())
+    results = []
+    for (label, _), times, probs in zip(contenders, times_ms, probabilities):
+        mean_ms = float(times.mean())
+        results.append(LatencyRow(
+            backbone.name, label, params_m, mean_ms, float(times.std(ddof=1)) if steps > 1 else 0.0,
+            float(times.min()), batch_size * 1000.0 / mean_ms, base_mean / mean_ms,
+            float(np.max(np.abs(probs - probabilities[0]))), paper,
+        ))
     return results
+
+
+def interleaved_step_times_ms(predict_fns: Sequence[Callable], batch, steps: int, warmup: int) -> np.ndarray:
+    """Time ``steps`` calls of each function, taking turns (step 1 of each, then step 2, …); (functions, steps) ms.
+
+    On shared cores the load changes from minute to minute; taking turns exposes every runtime to the
+    same load, so the ratios between rows stay fair even when absolute times are inflated.
+    """
+    if steps < 1 or warmup < 0:
+        raise UserError(f"latency needs steps >= 1 and warmup >= 0, got steps={steps} warmup={warmup}")
+    for predict in predict_fns:
+        for _ in range(warmup):
+            predict(batch)
+    times_ms = np.empty((len(predict_fns), steps))
+    for step in range(steps):
+        for index, predict in enumerate(predict_fns):
+            start = time.perf_counter()
+            predict(batch)
+            times_ms[index, step] = (time.perf_counter() - start) * 1000.0
+    return times_ms
 
 
 # ---------------------------------------------------------------- device and report
@@ -305,10 +312,12 @@ def render_markdown(
     models_asked: Sequence[str],
     finished: bool,
     load_averages: Sequence[float] = (),
+    failures: Mapping[str, str] | None = None,
 ) -> str:
     """The benchmark report: settings, full table, a best-runtime summary and the study's T4 numbers."""
     measured = list(dict.fromkeys(r.model for r in rows))
-    pending = [m for m in models_asked if m not in measured]
+    failures = dict(failures or {})
+    pending = [m for m in models_asked if m not in measured and m not in failures]
     lines = [
         f"# Inference latency — {device}",
         "",
@@ -323,7 +332,8 @@ def render_markdown(
         *([f"- Load: 1-minute load average {min(load_averages):.1f}–{max(load_averages):.1f} while measuring"
            " (above the core count means other work competed for the cores)"] if load_averages else []),
         f"- Models measured: {', '.join(measured) or 'none'}"
-        + (f"; not measured{' yet' if not finished else ''}: {', '.join(pending)}" if pending else ""),
+        + (f"; not measured{' yet' if not finished else ''}: {', '.join(pending)}" if pending else "")
+        + "".join(f"; failed: {model} ({reason})" for model, reason in failures.items()),
         "",
         "Speed-up (ratio of means) and max |Δp| are against the Keras float32 `predict_on_batch` baseline"
         " measured in the same run on the same batch; \"min ms\" is the fastest of the timed steps, the figure"
@@ -464,25 +474,39 @@ def run_bench(args: argparse.Namespace) -> int:
     command = _command_line(args)
     print(f"latency on {device_text}: {len(models)} model(s) at {args.size}² batch {args.batch}", flush=True)
 
-    def report(row: LatencyRow) -> None:
-        print(f"  {row.model:<18} {row.runtime:<26} {_fmt_ms(row.mean_ms, row.std_ms):>20} ms"
-              f" (min {row.min_ms:,.1f})  {row.speedup:5.2f}×  max|Δp| {row.max_abs_delta:.1e}", flush=True)
-
     results: list[LatencyRow] = []
+    failures: dict[str, str] = {}
     load_averages = [_load_average()]
     for index, model in enumerate(models, start=1):
         print(f"[{index}/{len(models)}] {model}", flush=True)
-        results += benchmark_backbone(model, args.size, args.batch, rows_asked, args.steps, args.warmup,
-                                      args.weights, jit, report=report)
+        try:
+            measured = _in_fresh_process(benchmark_backbone, model, args.size, args.batch, rows_asked, args.steps,
+                                         args.warmup, args.weights, jit)
+        except BrokenProcessPool:  # the child died: killed for memory, most likely
+            failures[model] = "the measuring process died (out of memory?)"
+            print(f"  {model}: {failures[model]}", flush=True)
+            measured = []
+        for row in measured:
+            print(f"  {row.model:<18} {row.runtime:<26} {_fmt_ms(row.mean_ms, row.std_ms):>20} ms"
+                  f" (min {row.min_ms:,.1f})  {row.speedup:5.2f}×  max|Δp| {row.max_abs_delta:.1e}", flush=True)
+        results += measured
         load_averages.append(_load_average())
         report_path.write_text(render_markdown(results, settings, device, device_text, command, models,
                                                finished=index == len(models),
-                                               load_averages=[v for v in load_averages if v is not None]))
+                                               load_averages=[v for v in load_averages if v is not None],
+                                               failures=failures))
     print(f"wrote {report_path}")
     if args.mlflow:
         run_id = log_to_mlflow(results, settings, device, report_path)
         print(f"logged MLflow run {run_id} in experiment {EXPERIMENT}")
     return 0
+
+
+def _in_fresh_process(function: Callable, *args):
+    """Run ``function(*args)`` in a new Python process: each backbone starts with clean memory."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
 
 
 def _load_average() -> float | None:

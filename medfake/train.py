@@ -125,7 +125,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
 
         def phase1_data(epoch):
             order = fitting.epoch_order(cfg.seed, 1, epoch, len(train_rows))
-            return fitting.image_batches(images, y_train, train_rows[order], batch), None
+            return fitting.image_batches(images, train_rows[order], y_train[order], batch), None
 
         def phase1_val():
             return fitting.predict_images(model, _rows(images, val_rows), batch)
@@ -149,12 +149,13 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     t1 = time.perf_counter()
     state2 = None
     if cfg.train.phase2_epochs > 0:
-        det.set_backbone_trainable(model, cfg.train.unfreeze)
+        # Pretrained BatchNorm stays in inference mode; from scratch it must learn its statistics.
+        det.set_backbone_trainable(model, cfg.train.unfreeze, freeze_batchnorm=weights_value is not None)
         _compile(model, cfg.train.phase2_lr, cfg, jit)
 
         def phase2_data(epoch):
             order = fitting.epoch_order(cfg.seed, 2, epoch, len(train_rows))
-            return fitting.image_batches(images, y_train, train_rows[order], batch), None
+            return fitting.image_batches(images, train_rows[order], y_train[order], batch), None
 
         state2 = fitting.run_phase(
             model, 2, cfg.train.phase2_epochs, phase2_data,
@@ -278,8 +279,13 @@ def log_detector_model(model, example: np.ndarray) -> None:
 
 # -- the step -------------------------------------------------------------------------------
 def train(plan: Plan, data_digest: str | None = None, resume: str | None = None, parent: str | None = None,
-          progress: bool = True) -> str:
-    """Run the whole step; returns the MLflow run id."""
+          progress: bool = True, *, nested: bool = False, extra_tags: dict | None = None, on_epoch=None) -> str:
+    """Run the whole step; returns the MLflow run id.
+
+    A driver in the same process (``tune``) passes ``nested=True`` to open the run under its active
+    run, ``extra_tags`` for its own tags, and ``on_epoch(phase, epoch, logs)``, called after each
+    epoch is logged; an exception from it (``optuna.TrialPruned``) stops training.
+    """
     import mlflow
 
     from medfake import tracking
@@ -295,7 +301,9 @@ def train(plan: Plan, data_digest: str | None = None, resume: str | None = None,
         tags["medfake.preprocess_run"] = preprocess_run
     if parent:
         tags["mlflow.parentRunId"] = parent
-    with tracking.run(cfg.experiment, plan.run_name, plan.stage, tags=tags, run_id=resume, system_metrics=True) as active:
+    tags.update(extra_tags or {})
+    with tracking.run(cfg.experiment, plan.run_name, plan.stage, tags=tags, run_id=resume, nested=nested,
+                      system_metrics=True) as active:
         run_id = active.info.run_id
         if not resume:
             tracking.log_config(cfg)
@@ -307,7 +315,8 @@ def train(plan: Plan, data_digest: str | None = None, resume: str | None = None,
         if plan.model == BASELINE:
             summary |= _train_baseline(plan, dataset, artifacts, progress)
         else:
-            summary |= _train_detector_run(plan, dataset, run_id, artifacts, progress, resumed=bool(resume))
+            summary |= _train_detector_run(plan, dataset, run_id, artifacts, progress, resumed=bool(resume),
+                                           on_epoch=on_epoch)
         mlflow.log_artifacts(str(artifacts))
     print_summary(summary, cfg)
     return run_id
@@ -321,7 +330,8 @@ def _log_dataset_input(dataset: Dataset) -> None:
     mlflow.log_input(ds, context="training")
 
 
-def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Path, progress: bool, resumed: bool) -> dict:
+def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Path, progress: bool, resumed: bool,
+                        on_epoch=None) -> dict:
     import mlflow
 
     from medfake import detector as det
@@ -333,6 +343,8 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
         mlflow.log_metrics(
             {f"phase{phase}_{k}": v for k, v in logs.items() if np.isfinite(v)}, step=epoch
         )
+        if on_epoch is not None:
+            on_epoch(phase, epoch, logs)
 
     checkpoints = fitting.Checkpoints(CHECKPOINT_ROOT / run_id)
     result = train_detector(plan, dataset, checkpoints, log_epoch, progress)

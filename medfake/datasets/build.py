@@ -114,6 +114,7 @@ def dataset_digest(cfg: Config, inputs: Inputs) -> str:
     """Hash of the data config and the inputs' file listings and label files."""
     data = cfg.to_dict()["data"]
     data.pop("cache_dir")
+    data.pop("window")  # applied inside the detector, not to the stored HU slices
     if data["source"] == "real":
         data.pop("phantom")
     data.pop("ctgan_root")
@@ -207,8 +208,12 @@ def _scrub(text: str, *names: str) -> str:
 def _phantom_truth(truth_dir: Path | None) -> set | None:
     if truth_dir is None or not (truth_dir / "slices.csv").is_file():
         return None
+    from medfake.datasets.ctgan import normalize_experiment
+
     table = pd.read_csv(truth_dir / "slices.csv", dtype={"uuid": str, "experiment": str})
-    return {(str(e), str(u), int(s)) for e, u, s in zip(table["experiment"], table["uuid"], table["slice"])}
+    return {
+        (normalize_experiment(e), str(u), int(s)) for e, u, s in zip(table["experiment"], table["uuid"], table["slice"])
+    }
 
 
 def _truth_flag(truth: set | None, exp: str, uuid: str, file_number: int) -> str:
