@@ -237,6 +237,15 @@ def set_backbone_trainable(detector: keras.Model, unfreeze: str | float | bool |
     return sum(1 for layer in layers if layer.trainable) if backbone.trainable else 0
 
 
+def set_batchnorm_momentum(detector: keras.Model, momentum: float) -> int:
+    """Set the moving-statistics momentum of every BatchNorm layer in the backbone; return the count."""
+    layers = [layer for layer in detector.get_layer(BACKBONE_NAME).layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = float(momentum)
+    return len(layers)
+
+
 def _unfreeze_fraction(unfreeze: str | float | bool | None) -> float:
     if unfreeze is None:
         return 0.0

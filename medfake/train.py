@@ -23,6 +23,7 @@ from medfake.errors import UserError
 
 BASELINE = "baseline"
 CHECKPOINT_ROOT = Path(".medfake") / "checkpoints"
+FROM_SCRATCH_BN_MOMENTUM = 0.9
 
 
 @dataclass
@@ -149,8 +150,13 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     t1 = time.perf_counter()
     state2 = None
     if cfg.train.phase2_epochs > 0:
-        # Pretrained BatchNorm stays in inference mode; from scratch it must learn its statistics.
-        det.set_backbone_trainable(model, cfg.train.unfreeze, freeze_batchnorm=weights_value is not None)
+        # Pretrained BatchNorm stays in inference mode; from scratch it must learn its statistics,
+        # fast enough (momentum 0.9, not Keras's 0.99) that validation in inference mode sees them
+        # within a short schedule.
+        from_scratch = weights_value is None
+        det.set_backbone_trainable(model, cfg.train.unfreeze, freeze_batchnorm=not from_scratch)
+        if from_scratch:
+            det.set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
         _compile(model, cfg.train.phase2_lr, cfg, jit)
 
         def phase2_data(epoch):
@@ -160,8 +166,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         state2 = fitting.run_phase(
             model, 2, cfg.train.phase2_epochs, phase2_data,
             lambda: fitting.predict_images(model, _rows(images, val_rows), batch), y_val,
-            on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints,
-            initial_best=state1.best_val_loss, progress=progress,
+            on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints, progress=progress,
         )
     timings["phase2_seconds"] = time.perf_counter() - t1
     epochs2 = state2.epochs_done if state2 else 0
