@@ -21,4 +21,4 @@ quickstart: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train -P model=xception --env-manager local
 
 clean:
-	rm -rf $(VENV) mlruns mlflow.db data .medfake
+	rm -rf $(VENV) mlruns mlflow.db optuna.journal data .medfake

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("medfake.datasets.build", "build the balanced slice dataset of a config (cached, logged)"),
     "backbones": ("medfake.backbones_table", "list the backbone registry (params, min size, weights cached)"),
     "train": ("medfake.train", "two-phase transfer learning of one backbone, logged to MLflow"),
+    "tune": ("medfake.tune", "hyperparameter search with Optuna over the train step; resumable, parallel"),
     "bench": ("medfake.bench", "benchmarks: preprocess, latency, train"),
     "select": ("medfake.select", "rank screened backbones by H, repeat the top k, compare them (Tables A1, 2)"),
     "paper": ("medfake.paper", "the whole study for a config: preprocess, screen, select, report (resumable)"),

@@ -173,7 +173,7 @@ def resolve_config_path(name: str | os.PathLike | None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    known = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+    known = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml") if p.stem != "tune"))  # tune.yaml: a search space
     raise UserError(f"config '{name}' not found (experiments: {known})")
 
 

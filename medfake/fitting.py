@@ -121,20 +121,17 @@ def run_phase(
     y_val: np.ndarray,
     on_epoch: Callable[[int, dict], None] | None = None,
     checkpoints: Checkpoints | None = None,
-    initial_best: float = math.inf,
     progress: bool = True,
 ) -> PhaseState:
     """Train ``epochs`` epochs; afterwards the model holds its lowest-val-loss weights.
 
     ``train_data(epoch)`` returns ``fit`` arguments for one epoch (x, y) or (dataset, None).
-    With ``initial_best`` the weights the phase starts from compete too (phase 2 keeps the
-    phase-1 weights when no fine-tuning epoch improves the validation loss).
     """
     from sklearn.metrics import roc_auc_score
     from tqdm import tqdm
 
-    state = PhaseState(phase=phase, best_val_loss=initial_best)
-    best_weights = model.get_weights() if math.isfinite(initial_best) else None
+    state = PhaseState(phase=phase)
+    best_weights = None
     if checkpoints is not None:
         saved = checkpoints.load_state(phase)
         if saved is not None:

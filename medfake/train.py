@@ -265,6 +265,17 @@ def _latency(predict_fn, batch: np.ndarray, steps: int) -> tuple[float, float]:
     return measure_latency(predict_fn, batch, steps=steps, warmup=2)
 
 
+def _model_requirements() -> list[str]:
+    """What a logged detector needs to load: keras and its backend (no medfake: built-in layers)."""
+    from importlib.metadata import version
+
+    import keras
+
+    backend = keras.backend.backend()
+    names = ["keras", {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)]
+    return [f"{name}=={version(name)}" for name in names]
+
+
 def log_detector_model(model, example: np.ndarray) -> None:
     """The detector in the MLflow Keras flavour, with a signature and a scoring-server example.
 
@@ -278,7 +289,8 @@ def log_detector_model(model, example: np.ndarray) -> None:
 
     probabilities = np.asarray(model.predict_on_batch(example), np.float32)
     signature = infer_signature(example, probabilities)
-    mlflow.keras.log_model(model, name="model", signature=signature)
+    # Requirements named here: MLflow's inference of them fails for Keras 3 and costs ~20 s.
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=_model_requirements())
     mlflow.log_text(json.dumps({"inputs": example.tolist()}), "serving_input_example.json")
 
 
