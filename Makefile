@@ -18,7 +18,7 @@ test: $(STAMP)
 
 # The main job on the embedded default (synthetic phantom): synth → preprocess → train.
 quickstart: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train -P model=xception --env-manager local
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train -P model=xception --env-manager local --experiment-name medfake-quickstart
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db optuna.journal data .medfake

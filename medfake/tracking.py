@@ -11,6 +11,7 @@ import contextlib
 import os
 import platform
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -96,9 +97,18 @@ def run(
     """
     import mlflow
 
-    setup(experiment)
+    experiment_id = setup(experiment)
     launcher_run = os.environ.get("MLFLOW_RUN_ID")
     attach = run_id or (None if nested or detached else launcher_run)
+    redirected_from = None
+    if attach and attach == launcher_run and not run_id:
+        # `mlflow run` without --experiment-name files its run under "Default": the step's run
+        # goes to the config's experiment instead (where select/report look), and the launcher's
+        # run points to it.
+        from mlflow.tracking import MlflowClient
+
+        if MlflowClient().get_run(launcher_run).info.experiment_id != experiment_id:
+            attach, redirected_from = None, launcher_run
     if not attach and launcher_run:
         os.environ.pop("MLFLOW_RUN_ID")  # start_run() would otherwise attach to it
     all_tags = {TAG_STAGE: stage, **(tags or {})}
@@ -109,6 +119,13 @@ def run(
         active = mlflow.start_run(run_name=run_name, tags=all_tags, **kwargs)
     if attach:
         mlflow.set_tags(all_tags)
+    if redirected_from:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().set_tag(redirected_from, "medfake.redirected_to", f"{experiment}/{active.info.run_id}")
+        print(f"mlflow run filed its run under another experiment; this step logs to '{experiment}' "
+              f"(run {active.info.run_id}); pass --experiment-name {experiment} to avoid the extra run",
+              file=sys.stderr)
     with _sigterm_as_interrupt():
         try:
             yield active
