@@ -83,10 +83,10 @@ def test_paper_resumes_and_reuses_every_step(project):  # noqa: F811
 
 @pytest.mark.slow
 def test_tiny_paper_end_to_end(project, monkeypatch, capsys):  # noqa: F811
-    """Two real backbones at 32², 1 + 1 epochs: screen, rank, one repeat of the best, report."""
+    """Two real backbones at 32², 1 + 0 epochs (phase 2 is covered by the train tests): screen, rank, one repeat of the best, report."""
     monkeypatch.setenv("PATH", f"{sys.executable.rsplit('/', 1)[0]}:{__import__('os').environ['PATH']}")
-    argv = ["paper", "--config", "quickstart", "--set", f"experiment=paper-e2e {TINY_PHANTOM} {TINY_TRAIN}",
-            "--models", "MobileNetV3Large,DenseNet121", "--repeats", "1", "--top-k", "1", "--parallel", "2", "--out", "report"]
+    argv = ["paper", "--config", "quickstart", "--set", f"experiment=paper-e2e {TINY_PHANTOM} {TINY_TRAIN} train.phase2_epochs=0",
+            "--models", "MobileNetV3Large,VGG19", "--repeats", "1", "--top-k", "1", "--parallel", "2", "--out", "report"]
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 0, err[-3000:]
@@ -94,13 +94,13 @@ def test_tiny_paper_end_to_end(project, monkeypatch, capsys):  # noqa: F811
         assert step in err
     screens = runs_of("paper-e2e", "screen")
     repeats = runs_of("paper-e2e", "repeat")
-    assert sorted(run.data.params["model"] for run in screens) == ["DenseNet121", "MobileNetV3Large"]
+    assert sorted(run.data.params["model"] for run in screens) == ["MobileNetV3Large", "VGG19"]
     assert all(run.info.status == "FINISHED" for run in screens + repeats) and len(repeats) == 1
     select_run = runs_of("paper-e2e", "select")[0]
     assert repeats[0].data.tags["mlflow.parentRunId"] == select_run.info.run_id
     assert int(repeats[0].data.params["seed"]) == int(screens[0].data.params["seed"]) + 1
     text = (project / "report" / "README.md").read_text()
-    assert "| MobileNetV3Large | ours |" in text and "| DenseNet121 | ours |" in text
+    assert "| MobileNetV3Large | ours |" in text and "| VGG19 | ours |" in text
     assert (project / "report" / "figures" / "figure7_confusion_matrices.png").is_file()
     assert (project / "report" / "figures" / "figure4_embedding_tsne.png").is_file()
     # Rerun: every step is reused, nothing new is trained.
