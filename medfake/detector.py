@@ -51,20 +51,23 @@ def window_layers(center: float, width: float) -> list[keras.layers.Layer]:
 def scaling_layers(scaling: str) -> list[keras.layers.Layer]:
     """The backbone's ImageNet input scaling of 0..255 RGB as built-in layers.
 
-    The three channels are one grey slice repeated, so Caffe's RGB→BGR swap changes nothing and
-    only its BGR mean is subtracted.
+    One per-channel ``Rescaling`` (x · scale + offset) each: its constants are made inside ``call``,
+    so they stay constants in ONNX/OpenVINO exports (``Normalization`` keeps its mean and variance as
+    tensors made at build time, which the ONNX export turns into missing graph inputs). The three
+    channels are one grey slice repeated, so Caffe's RGB→BGR swap changes nothing and only its BGR
+    mean is subtracted.
     """
+    torch_scale = [1.0 / (255.0 * std) for std in IMAGENET_STD_RGB]
+    torch_offset = [-mean / std for mean, std in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)]
     factories = {
         "none": lambda: [],
         "tf": lambda: [keras.layers.Rescaling(1 / 127.5, offset=-1.0, dtype="float32", name="imagenet_scaling")],
         "torch": lambda: [
-            keras.layers.Rescaling(1 / 255.0, dtype="float32", name="imagenet_unit"),
-            keras.layers.Normalization(mean=list(IMAGENET_MEAN_RGB), variance=[s * s for s in IMAGENET_STD_RGB],
-                                       dtype="float32", name="imagenet_scaling"),
+            keras.layers.Rescaling(torch_scale, offset=torch_offset, dtype="float32", name="imagenet_scaling"),
         ],
         "caffe": lambda: [
-            keras.layers.Normalization(mean=list(IMAGENET_MEAN_BGR), variance=[1.0, 1.0, 1.0], dtype="float32",
-                                       name="imagenet_scaling"),
+            keras.layers.Rescaling(1.0, offset=[-mean for mean in IMAGENET_MEAN_BGR], dtype="float32",
+                                   name="imagenet_scaling"),
         ],
     }
     if scaling not in factories:

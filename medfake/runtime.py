@@ -74,6 +74,8 @@ def export_detector(model, out_dir: str | Path, formats: Sequence[str] = ("onnx"
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Keras exports only models that have run once; one slice through it costs a second at most.
+    model(np.zeros((1, *model.input.shape[1:]), dtype=np.float32), training=False)
     paths: dict[str, Path] = {}
     for fmt in formats:
         if fmt not in EXPORT_FORMATS:
@@ -154,9 +156,9 @@ def _load_keras(model_or_path, precision: str, jit_compile: bool) -> Runtime:
     from medfake.detector import with_precision
 
     model = _load_keras_file(model_or_path) if isinstance(model_or_path, Path) else model_or_path
-    if precision != "auto" and precision != _keras_precision(model):
-        model = with_precision(model, precision)
     label = precision if precision != "auto" else _keras_precision(model)
+    if label != _keras_precision(model) or jit_compile:  # a copy: the caller's model stays as it is
+        model = with_precision(model, label)
     if jit_compile:
         model.compile(jit_compile=True)
         label += "-jit"

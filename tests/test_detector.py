@@ -164,11 +164,11 @@ def test_unfreezing_keeps_batch_norm_in_inference_mode(detector, hu_batch):
         assert len(base.trainable_weights) > partly > 0
         # frozen BatchNorm runs in inference mode: a training-mode call uses the moving statistics
         training = keras.ops.convert_to_numpy(detector(hu_batch, training=True))
-        np.testing.assert_allclose(training, detector.predict_on_batch(hu_batch), atol=1e-5)
+        np.testing.assert_allclose(training, detector.predict_on_batch(hu_batch), atol=1e-4)  # eager vs graph
         # trained from scratch, BatchNorm learns too: training mode then uses batch statistics
         assert set_backbone_trainable(detector, "all", freeze_batchnorm=False) == count
         training = keras.ops.convert_to_numpy(detector(hu_batch, training=True))
-        assert np.max(np.abs(training - detector.predict_on_batch(hu_batch))) > 1e-4
+        assert np.max(np.abs(training - detector.predict_on_batch(hu_batch))) > 1e-3
         with pytest.raises(UserError, match="unfreeze"):
             set_backbone_trainable(detector, "most")
     finally:
