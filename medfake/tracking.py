@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -51,16 +50,11 @@ def setup(experiment: str) -> str:
 
 
 def device_name() -> str:
-    """A short device description for tags and reports (CPU model and cores here)."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {name} ({os.cpu_count()} cores)"
+    """The device a step ran on, for the ``medfake.device`` tag (``cpu: <model>, N cores`` or the GPU)."""
+    from medfake.latency import device_label
+
+    kind, description = device_label()
+    return f"{kind}: {description}"
 
 
 @contextlib.contextmanager
