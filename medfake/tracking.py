@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import tempfile
-from pathlib import Path
 from typing import Any, Iterator
 
 from medfake.errors import UserError
