@@ -1,15 +1,16 @@
 """``precision: auto`` and ``jit_compile: auto``: what was measured fastest for a backbone on a device.
 
-On CUDA GPUs: float16 mixed precision and XLA. On CPUs (measured on 2-core AMD EPYC with
-avx512_bf16, ``medfake bench train``; see reports/benchmarks/train.md): bfloat16 speeds up
-training of the backbones listed below and slows the others (MobileNetV3Large 2× slower);
-XLA (``jit_compile``) made CPU training several times slower, so it is off.
+On CUDA GPUs: float16 mixed precision and XLA. On CPUs: ``medfake bench train`` on this project's
+2-core Intel Xeon (reports/benchmarks/train.md, one loaded run) found bfloat16 training faster only
+for Xception (1.06×) and slower for ResNet50V2 (0.86×), DenseNet121 (0.88×) and MobileNetV3Large
+(0.53×), unlike the earlier AMD EPYC measurements in the design notes; so ``auto`` keeps float32
+elsewhere. XLA (``jit_compile``) made CPU training several times slower, so it is off on CPUs.
 """
 
 from __future__ import annotations
 
 # Backbones whose phase-2 training measured faster in bfloat16 than float32 on the CPU.
-CPU_BFLOAT16_FASTER = frozenset({"ResNet50V2", "DenseNet121", "DenseNet169", "DenseNet201", "Xception"})
+CPU_BFLOAT16_FASTER = frozenset({"Xception"})
 
 
 def accelerator() -> str:
