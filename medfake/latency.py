@@ -180,10 +180,12 @@ def benchmark_backbone(
     weights: str = "none",
     jit: bool = False,
     window: tuple[float, float] = (-600.0, 1500.0),
-) -> list[LatencyRow]:
+) -> tuple[list[LatencyRow], list[str]]:
     """Measure the Keras float32 baseline and every row of ``rows`` for one backbone, taking turns.
 
     Every runtime is loaded first, then all are timed in turn (``interleaved_step_times_ms``).
+    Returns the rows and, for runtimes that could not export or load this backbone, one line each
+    saying why (e.g. ONNX for grouped convolutions); the others are still measured.
     """
     import keras
 
@@ -205,14 +207,24 @@ def benchmark_backbone(
 
     export_root = Path(tempfile.mkdtemp(prefix="medfake-latency-"))
     try:
-        formats = [r for r in ("onnx", "openvino") if any(spec.runtime == r for spec in rows)]
-        exported = export_detector(model, export_root, formats=formats) if formats else {}
+        unavailable: dict[str, str] = {}
+        exported = {}
+        for fmt in [r for r in ("onnx", "openvino") if any(spec.runtime == r for spec in rows)]:
+            try:
+                exported.update(export_detector(model, export_root, formats=(fmt,)))
+            except Exception as exc:  # noqa: BLE001 — reported in the table, the other runtimes go on
+                unavailable[fmt] = f"{fmt}: export failed: {_first_line(exc)}"
         contenders: list[tuple[str, Callable]] = [("keras-float32 (baseline)", baseline_predict)]
         for spec in rows:
-            if _is_baseline(spec, jit):
+            if _is_baseline(spec, jit) or spec.runtime in unavailable:
                 continue
             source = model if spec.runtime == "keras" else exported[spec.runtime]
-            runtime = load_runtime(source, spec.runtime, spec.precision, jit_compile=jit and spec.runtime == "keras")
+            try:
+                runtime = load_runtime(source, spec.runtime, spec.precision,
+                                       jit_compile=jit and spec.runtime == "keras")
+            except Exception as exc:  # noqa: BLE001 — reported in the table, the other runtimes go on
+                unavailable[f"{spec.runtime}:{spec.precision}"] = f"{spec.runtime} {spec.precision}: {_first_line(exc)}"
+                continue
             contenders.append((runtime.name, runtime.predict))
         times_ms = interleaved_step_times_ms([predict for _, predict in contenders], batch, steps, warmup)
         probabilities = [np.asarray(predict(batch), dtype=np.float64).reshape(-1) for _, predict in contenders]
@@ -231,7 +243,12 @@ def benchmark_backbone(
             float(times.min()), batch_size * 1000.0 / mean_ms, base_mean / mean_ms,
             float(np.max(np.abs(probs - probabilities[0]))), paper,
         ))
-    return results
+    return results, list(unavailable.values())
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def interleaved_step_times_ms(predict_fns: Sequence[Callable], batch, steps: int, warmup: int) -> np.ndarray:
@@ -284,6 +301,13 @@ def device_label() -> tuple[str, str]:
             gpu_name = details.get("device_name", "gpu")
             slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
             return f"gpu-{slug}", f"{gpu_name} (ONNX Runtime / OpenVINO rows run on the CPU: {cpu_description()})"
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if gpus:
+            slug = re.sub(r"[^a-z0-9]+", "-", gpus[0].device_kind.lower()).strip("-")
+            return f"gpu-{slug}", f"{gpus[0].device_kind}, Keras on JAX (host: {cpu_description()})"
     return "cpu", cpu_description()
 
 
@@ -291,7 +315,7 @@ def _versions() -> str:
     from importlib import metadata
 
     parts = []
-    for package in ("keras", "tensorflow", "onnxruntime", "openvino"):
+    for package in ("keras", "tensorflow", "jax", "onnxruntime", "openvino"):
         try:
             parts.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
@@ -313,6 +337,7 @@ def render_markdown(
     finished: bool,
     load_averages: Sequence[float] = (),
     failures: Mapping[str, str] | None = None,
+    row_failures: Sequence[str] = (),
 ) -> str:
     """The benchmark report: settings, full table, a best-runtime summary and the study's T4 numbers."""
     measured = list(dict.fromkeys(r.model for r in rows))
@@ -337,8 +362,9 @@ def render_markdown(
         "",
         "Speed-up (ratio of means) and max |Δp| are against the Keras float32 `predict_on_batch` baseline"
         " measured in the same run on the same batch; \"min ms\" is the fastest of the timed steps, the figure"
-        " least disturbed by other work. The study's numbers are one inference step on a Tesla T4 GPU; ours are CPU"
-        " numbers, shown beside them for scale, not for equality.",
+        " least disturbed by other work. The study's numbers are one inference step on a Tesla T4 GPU; ours are"
+        + (" CPU numbers, shown beside them for scale, not for equality." if device == "cpu" else
+           f" {device_text.split(',')[0]} numbers, a newer GPU than the T4: beside them for scale, not for equality."),
         "",
         "Probabilities are only comparable if they differ between images: with random weights (`--weights none`)"
         " BatchNorm statistics are first set from another random batch and the output layer is scaled so the"
@@ -378,6 +404,8 @@ def render_markdown(
             f" | {best.speedup:.2f}× | {best.max_abs_delta:.2e} | {exact.runtime} | {_fmt_ms(exact.mean_ms, exact.std_ms)}"
             f" | {exact.speedup:.2f}× | {exact.max_abs_delta:.2e} | {_fmt_ms(*best.paper_ms)} |"
         )
+    if row_failures:
+        lines += ["", "## Runtimes that could not run a backbone", ""] + [f"- {line}" for line in row_failures]
     lines += ["", "## Checks", ""] + _checks(rows, measured)
     lines.append("")
     return "\n".join(lines)
@@ -476,16 +504,26 @@ def run_bench(args: argparse.Namespace) -> int:
 
     results: list[LatencyRow] = []
     failures: dict[str, str] = {}
+    row_failures: list[str] = []
     load_averages = [_load_average()]
     for index, model in enumerate(models, start=1):
         print(f"[{index}/{len(models)}] {model}", flush=True)
         try:
-            measured = _in_fresh_process(benchmark_backbone, model, args.size, args.batch, rows_asked, args.steps,
-                                         args.warmup, args.weights, jit)
+            measured, unavailable = _in_fresh_process(benchmark_backbone, model, args.size, args.batch, rows_asked,
+                                                      args.steps, args.warmup, args.weights, jit)
         except BrokenProcessPool:  # the child died: killed for memory, most likely
+            measured, unavailable = [], []
             failures[model] = "the measuring process died (out of memory?)"
-            print(f"  {model}: {failures[model]}", flush=True)
-            measured = []
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — one backbone's failure must not lose the others' hours
+            measured, unavailable = [], []
+            failures[model] = f"{type(exc).__name__}: {_first_line(exc)}"
+        if model in failures:
+            print(f"  {model}: failed: {failures[model]}", flush=True)
+        for line in unavailable:
+            row_failures.append(f"{model} — {line}")
+            print(f"  {model}: not measured: {line}", flush=True)
         for row in measured:
             print(f"  {row.model:<18} {row.runtime:<26} {_fmt_ms(row.mean_ms, row.std_ms):>20} ms"
                   f" (min {row.min_ms:,.1f})  {row.speedup:5.2f}×  max|Δp| {row.max_abs_delta:.1e}", flush=True)
@@ -494,7 +532,7 @@ def run_bench(args: argparse.Namespace) -> int:
         report_path.write_text(render_markdown(results, settings, device, device_text, command, models,
                                                finished=index == len(models),
                                                load_averages=[v for v in load_averages if v is not None],
-                                               failures=failures))
+                                               failures=failures, row_failures=row_failures))
     print(f"wrote {report_path}")
     if args.mlflow:
         run_id = log_to_mlflow(results, settings, device, report_path)

@@ -82,10 +82,60 @@ def export_detector(model, out_dir: str | Path, formats: Sequence[str] = ("onnx"
             raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
         _require(fmt)
         path = out / f"{EXPORT_STEM}{RUNTIMES[fmt][1]}"
-        with _quiet_converters():
+        with _quiet_converters(), _constant_normalization(model):
             model.export(str(path), format=EXPORT_FORMATS[fmt], verbose=False)
+        if fmt == "onnx":
+            _check_onnx_ops(path, model.name)
         paths[fmt] = path
     return paths
+
+
+def _check_onnx_ops(path: Path, model_name: str) -> None:
+    """Refuse an ONNX export that kept TensorFlow-only ops (ONNX Runtime would not load it).
+
+    tf2onnx cannot convert the XLA-compiled function Keras uses for grouped convolutions on CPU
+    (RegNet) nor the exact GELU's Erfc (ConvNeXt); OpenVINO converts both.
+    """
+    if importlib.util.find_spec("onnx") is None:
+        return
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    foreign = sorted({node.op_type for node in graph.node
+                      if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)})
+    if foreign:
+        path.unlink(missing_ok=True)
+        raise UserError(
+            f"ONNX export of {model_name} is not possible: tf2onnx left TensorFlow ops {', '.join(foreign)}"
+            " (grouped convolutions and exact GELU do this); use the openvino runtime"
+        )
+
+
+def _all_layers(model) -> Iterator:
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+@contextlib.contextmanager
+def _constant_normalization(model) -> Iterator[None]:
+    """Give Normalization layers numpy mean/variance while exporting (EfficientNet, ConvNeXt have one).
+
+    Keras keeps them as tensors made at build time; the ONNX converter turns such captured tensors
+    into graph inputs that nobody feeds. Numpy values become constants of the traced graph.
+    """
+    import keras
+
+    swapped = [(layer, layer.mean, layer.variance) for layer in _all_layers(model)
+               if isinstance(layer, keras.layers.Normalization) and layer.mean is not None]
+    try:
+        for layer, mean, variance in swapped:
+            layer.mean, layer.variance = keras.ops.convert_to_numpy(mean), keras.ops.convert_to_numpy(variance)
+        yield
+    finally:
+        for layer, mean, variance in swapped:
+            layer.mean, layer.variance = mean, variance
 
 
 @contextlib.contextmanager

@@ -92,7 +92,11 @@ def test_report_lists_our_rows_beside_the_study():
     assert "A float32 runtime ≥ 2× faster than Keras float32: 1 of 1." in checks
     assert "float32 rows within 1e-4 of Keras float32: 1 of 1." in checks
     slow = [rows[0], LatencyRow("ResNet50V2", "onnx-float32", 24.75, 1500.0, 9.0, 1490.0, 5.3, 1.27, 2e-4, (368.3, 87.2))]
-    checks = render_markdown(slow, settings, "cpu", "cpu", "cmd", ["ResNet50V2"], finished=True).split("## Checks")[1]
+    text = render_markdown(slow, settings, "cpu", "cpu", "cmd", ["ResNet50V2", "RegNetX040"], finished=True,
+                           failures={"RegNetX040": "MemoryError"}, row_failures=["ResNet50V2 — onnx: export failed"])
+    assert "failed: RegNetX040 (MemoryError)" in text
+    assert "## Runtimes that could not run a backbone\n\n- ResNet50V2 — onnx: export failed" in text
+    checks = text.split("## Checks")[1]
     assert "faster than Keras float32: 0 of 1 (not: ResNet50V2)" in checks
     assert "within 1e-4 of Keras float32: 0 of 1 (not: ResNet50V2 onnx-float32 (2.0e-04))" in checks
 
@@ -164,3 +168,17 @@ def test_a_model_whose_process_dies_is_reported_as_failed(tmp_path, monkeypatch)
     assert code == 0
     report = (tmp_path / "latency-cpu.md").read_text()
     assert "failed: VGG19 (the measuring process died (out of memory?))" in report
+
+
+def test_a_runtime_that_cannot_export_is_reported_and_the_rest_measured(monkeypatch):
+    import medfake.runtime as runtime
+    from medfake.latency import benchmark_backbone
+
+    def no_onnx(model, out_dir, formats):
+        raise UserError("ONNX export of x is not possible: tf2onnx left TensorFlow ops Erfc")
+
+    monkeypatch.setattr(runtime, "export_detector", no_onnx)
+    rows, unavailable = benchmark_backbone("MobileNetV3Large", 32, 2, [RowSpec("onnx", "auto"), RowSpec("keras", "bfloat16")],
+                                           steps=1, warmup=0)
+    assert [row.runtime for row in rows] == ["keras-float32 (baseline)", "keras-bfloat16"]
+    assert unavailable == ["onnx: export failed: ONNX export of x is not possible: tf2onnx left TensorFlow ops Erfc"]

@@ -136,3 +136,15 @@ def test_every_input_scaling_survives_onnx_export(tmp_path, scaling):
     onnx = load_runtime(export_detector(model, tmp_path, formats=("onnx",))["onnx"])
     expected = np.asarray(model.predict_on_batch(batch)).reshape(-1)
     np.testing.assert_allclose(onnx.predict(batch), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_onnx_export_refuses_grouped_convolutions(tmp_path):
+    """Keras runs grouped convolutions through XLA on CPU, which tf2onnx leaves unconverted (RegNet)."""
+    pytest.importorskip("onnx")
+    import keras
+
+    images = keras.Input((8, 8, 4))
+    model = keras.Model(images, keras.layers.Conv2D(4, 3, groups=2, name="grouped")(images), name="grouped_net")
+    with pytest.raises(UserError, match="ONNX export of grouped_net is not possible.*openvino"):
+        export_detector(model, tmp_path, formats=("onnx",))
+    assert not (tmp_path / "detector.onnx").exists()
