@@ -94,10 +94,12 @@ def roc_plot(curves: Mapping[str, tuple], path, title: str = "ROC curve") -> Pat
     figure = _figure(5.0, 5.0)
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
-    for name, (y_true, y_score) in curves.items():
+    for index, (name, (y_true, y_score)) in enumerate(curves.items()):
         false_positive_rate, true_positive_rate, _ = roc_curve(y_true, y_score)
         auc = roc_auc_score(y_true, y_score)
-        axes.plot(false_positive_rate, true_positive_rate, linewidth=1.8, label=f"{name} (AUC {auc:.4f})")
+        # Ten colours, then the next line style: the study's 13 backbones + baseline stay distinct.
+        axes.plot(false_positive_rate, true_positive_rate, linewidth=1.8, color=f"C{index % 10}",
+                  linestyle=("-", "--", "-.", ":")[index // 10 % 4], label=f"{name} (AUC {auc:.4f})")
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
     axes.set_xlabel("false positive rate (fall-out)")

@@ -241,10 +241,12 @@ def evaluate_and_log(plan: Plan, dataset: Dataset, score_fn, embed_fn, artifacts
     plots.score_histogram(y, scores, plots_dir / "score_histogram.png", cfg.eval.threshold)
 
     pred = m.loc[rows, ["scan_id", "source", "slice", "label", "label_type"]].copy()
-    pred["score"] = np.round(scores, 6)
+    pred["score"] = scores
     pred["predicted"] = (scores >= cfg.eval.threshold).astype(int)
     (artifacts / "predictions").mkdir(exist_ok=True)
-    pred.to_csv(artifacts / "predictions" / "test.csv", index=False)
+    # Nine significant digits: an undertrained detector's scores can all sit below 1e-6, and rounding
+    # them to fixed decimals would tie them and change the AUC a report recomputes from this file.
+    pred.to_csv(artifacts / "predictions" / "test.csv", index=False, float_format="%.9g")
 
     if embed_fn is not None:
         vectors = embed_fn(_rows(dataset.images, rows))

@@ -100,6 +100,11 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     assert [m.step for m in history] == [0, 1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
     assert {"plots", "predictions", "embeddings", "config.yaml"} <= artifacts
+    # The predictions file reproduces the logged AUC (reports redraw ROC curves from it).
+    from sklearn.metrics import roc_auc_score
+
+    pred = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/test.csv"))
+    assert roc_auc_score(pred["label"], pred["score"]) == pytest.approx(metrics["test_auc"], abs=1e-6)
     # The logged detector scores HU slices through pyfunc exactly like the Keras model.
     x = np.asarray(dataset.images[:4], np.float32)[..., None]
     scored = np.asarray(mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x)).reshape(-1)
