@@ -162,7 +162,8 @@ def collect_candidates(client, experiment: str, metric: str, model_filter: str |
     candidates: list[Candidate] = []
     no_model = no_metric = 0
     for run in runs:
-        model = run.data.params.get("model") or run.data.tags.get("medfake.model") or ""
+        params = tracking.params_of(run)
+        model = params.get("model") or run.data.tags.get("medfake.model") or ""
         if model_filter and model.lower() != model_filter.lower():
             continue
         if run.info.run_id not in with_models:
@@ -172,7 +173,6 @@ def collect_candidates(client, experiment: str, metric: str, model_filter: str |
         if value is None or not math.isfinite(value):
             no_metric += 1
             continue
-        params = run.data.params
         candidates.append(Candidate(
             run_id=run.info.run_id,
             model=model or "?",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medfake import select as sel
 from medfake import study
+from medfake import tracking
 from medfake.errors import UserError
 from medfake.metrics import METRICS, STUDY_VECTOR
 
@@ -266,7 +267,7 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
         figures = render_figures(selection, results, table3, out, Path(tmp))
 
     reference = runs_by_id[selection.ranked[0].run_id]
-    params = {key: reference.data.params.get(key, "?") for key in CONTEXT_PARAMS}
+    params = {key: tracking.params_of(reference).get(key, "?") for key in CONTEXT_PARAMS}
     devices = sorted({run.data.tags.get("medfake.device", "") for run in runs_by_id.values()} - {""})
     text = readme(experiment, selection, results, table1, table3, params, devices, figures,
                   select_run.info.run_id if select_run is not None else None)

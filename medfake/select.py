@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from medfake import tracking
 from medfake.errors import UserError
 from medfake.metrics import METRICS, STUDY_VECTOR
 
@@ -207,7 +208,7 @@ def rank_models(runs: list, rank_on: str, top_k: int, experiment: str = "", data
             continue
         accuracy, f1, specificity = values
         try:
-            seed = int(run.data.params.get("seed", "0"))
+            seed = int(tracking.params_of(run).get("seed", "0"))
         except ValueError:
             warnings.append(f"skipping screen run {run.info.run_name} ({run.info.run_id}): "
                             "param seed is not an integer")
@@ -647,7 +648,7 @@ def log_results(results: Results) -> None:
         results.table2.to_csv(folder / "table2.csv", index=False)
         (folder / "table2.md").write_text(
             f"Test metrics over each model's runs. {STD_NOTE}.\n\n" + table2_markdown(results))
-        runs = [(model, run.info.run_id, run.data.tags.get("medfake.stage", ""), run.data.params.get("seed", ""))
+        runs = [(model, run.info.run_id, run.data.tags.get("medfake.stage", ""), tracking.params_of(run).get("seed", ""))
                 for model, found in results.runs.items() for run in found]
         import pandas as pd
 

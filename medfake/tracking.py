@@ -22,6 +22,7 @@ TAG_DATA_DIGEST = "medfake.data_digest"
 TAG_CONFIG_DIGEST = "medfake.config_digest"
 TAG_FAILURE = "medfake.failure"
 TAG_DEVICE = "medfake.device"
+TAG_RESOLVED_PREFIX = "medfake.resolved."
 
 
 class Terminated(KeyboardInterrupt):
@@ -142,12 +143,31 @@ def run(
 
 
 def log_params(params: dict[str, Any]) -> None:
-    """Log params in chunks (MLflow takes at most 100 per call); values as strings."""
+    """Log params in chunks (MLflow takes at most 100 per call); values as strings.
+
+    Under ``mlflow run`` the launcher has already logged the entry point's raw ``-P`` values
+    (``model=xception``, ``seed=''`` for "the config's"), and MLflow forbids changing a param. Where
+    the step resolves one to another value, the raw value stays the param and the resolved one is
+    the tag ``medfake.resolved.<key>``; ``params_of`` reads them back merged.
+    """
     import mlflow
 
     items = [(k, "null" if v is None else str(v)) for k, v in params.items()]
+    active = mlflow.active_run()
+    logged = dict(mlflow.get_run(active.info.run_id).data.params) if active is not None else {}
+    resolved = {k: v for k, v in items if k in logged and logged[k] != v}
+    items = [(k, v) for k, v in items if k not in resolved]
     for start in range(0, len(items), 100):
         mlflow.log_params(dict(items[start : start + 100]))
+    if resolved:
+        mlflow.set_tags({f"{TAG_RESOLVED_PREFIX}{k}": v for k, v in resolved.items()})
+
+
+def params_of(run) -> dict[str, str]:
+    """A run's params with the step's resolved values (``medfake.resolved.*`` tags) over raw launcher values."""
+    merged = dict(run.data.params)
+    merged.update({k[len(TAG_RESOLVED_PREFIX):]: v for k, v in run.data.tags.items() if k.startswith(TAG_RESOLVED_PREFIX)})
+    return merged
 
 
 def log_text(text: str, artifact_file: str) -> None:
