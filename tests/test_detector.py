@@ -190,8 +190,13 @@ def test_with_precision_copies_weights_in_a_new_policy(detector, hu_batch):
     assert half.get_layer("embedding").compute_dtype == "bfloat16"
     assert half.get_layer("probability").compute_dtype == "float32"
     assert keras.config.dtype_policy().name == "float32"
-    difference = np.abs(half.predict_on_batch(hu_batch) - detector.predict_on_batch(hu_batch))
-    assert np.max(difference) < 0.5  # same weights, rounded: close but computed in bfloat16
+    # Same weights (variables stay float32 under a mixed policy); outputs are not compared: a random
+    # deep network amplifies bfloat16 rounding so much that its probabilities can differ by ~0.9.
+    assert len(half.weights) == len(detector.weights)
+    for copied, original in zip(half.weights, detector.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(copied), keras.ops.convert_to_numpy(original))
+    probabilities = np.asarray(half.predict_on_batch(hu_batch), np.float32)
+    assert probabilities.shape == (len(hu_batch), 1) and np.all((probabilities >= 0) & (probabilities <= 1))
     with pytest.raises(UserError, match="precision"):
         with_precision(detector, "int8")
 

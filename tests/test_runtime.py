@@ -60,8 +60,10 @@ def test_onnx_equals_keras(tmp_path, detector, hu_batch, keras_probabilities):
     assert paths == {"onnx": tmp_path / "detector.onnx"} and paths["onnx"].is_file()
     onnx = load_runtime(paths["onnx"])
     assert onnx.name == "onnx-float32"
-    np.testing.assert_allclose(onnx.predict(hu_batch), keras_probabilities, atol=1e-4)
-    np.testing.assert_allclose(onnx.predict(hu_batch[:1]), keras_probabilities[:1], atol=1e-4)  # dynamic batch
+    # 1e-3, not 1e-4: a random-weight DenseNet121 amplifies float32 reordering (1.4e-4 was seen once);
+    # a wrong export (scaling, window, layout) is off by far more.
+    np.testing.assert_allclose(onnx.predict(hu_batch), keras_probabilities, atol=1e-3)
+    np.testing.assert_allclose(onnx.predict(hu_batch[:1]), keras_probabilities[:1], atol=1e-3)  # dynamic batch
     with pytest.raises(UserError, match="float32 only"):
         load_runtime(paths["onnx"], precision="bfloat16")
     with pytest.raises(UserError, match="cannot run with runtime openvino"):
