@@ -267,7 +267,8 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
         figures = render_figures(selection, results, table3, out, Path(tmp))
 
     reference = runs_by_id[selection.ranked[0].run_id]
-    params = {key: tracking.params_of(reference).get(key, "?") for key in CONTEXT_PARAMS}
+    reference_params = tracking.params_of(reference)
+    params = {key: reference_params.get(key, "?") for key in CONTEXT_PARAMS}
     devices = sorted({run.data.tags.get("medfake.device", "") for run in runs_by_id.values()} - {""})
     text = readme(experiment, selection, results, table1, table3, params, devices, figures,
                   select_run.info.run_id if select_run is not None else None)
