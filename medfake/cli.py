@@ -11,22 +11,22 @@ import importlib
 import os
 import sys
 
-from medfake.errors import UserError
+from medfake.core.errors import UserError
 
 # subcommand → (module, one-line help). Adding a step is one entry.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("medfake.datasets.phantom", "write a synthetic CT phantom in the CT-GAN and LIDC-IDRI layouts"),
-    "inspect": ("medfake.inspect", "summarise a DICOM file or series folder and the problems found"),
-    "preprocess": ("medfake.datasets.build", "build the balanced slice dataset of a config (cached, logged)"),
-    "backbones": ("medfake.backbones_table", "list the backbone registry (params, min size, weights cached)"),
-    "train": ("medfake.train", "two-phase transfer learning of one backbone, logged to MLflow"),
-    "tune": ("medfake.tune", "hyperparameter search with Optuna over the train step; resumable, parallel"),
+    "synth": ("medfake.data.phantom", "write a synthetic CT phantom in the CT-GAN and LIDC-IDRI layouts"),
+    "inspect": ("medfake.io.inspect", "summarise a DICOM file or series folder and the problems found"),
+    "preprocess": ("medfake.data.preprocess", "build the balanced slice dataset of a config (cached, logged)"),
+    "backbones": ("medfake.models.backbones", "list the backbone registry (params, min size, weights cached)"),
+    "train": ("medfake.training.train", "two-phase transfer learning of one backbone, logged to MLflow"),
+    "tune": ("medfake.study.tune", "hyperparameter search with Optuna over the train step; resumable, parallel"),
     "bench": ("medfake.bench", "benchmarks: preprocess, latency, train"),
-    "select": ("medfake.select", "rank screened backbones by H, repeat the top k, compare them (Tables A1, 2)"),
-    "paper": ("medfake.paper", "the whole study for a config: preprocess, screen, select, report (resumable)"),
-    "report": ("medfake.report", "render the study's tables and figures from the tracking store"),
-    "promote": ("medfake.promote", "register the best run's detector and move the champion alias by a stated rule"),
-    "scan": ("medfake.scan", "score every slice of CT series with a detector; flag suspicious slice ranges"),
+    "select": ("medfake.study.select", "rank screened backbones by H, repeat the top k, compare them (Tables A1, 2)"),
+    "paper": ("medfake.study.paper", "the whole study for a config: preprocess, screen, select, report (resumable)"),
+    "report": ("medfake.study.report", "render the study's tables and figures from the tracking store"),
+    "promote": ("medfake.registry.promote", "register the best run's detector and move the champion alias by a stated rule"),
+    "scan": ("medfake.inference.scan", "score every slice of CT series with a detector; flag suspicious slice ranges"),
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("MEDFAKE_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,6 +12,8 @@ os.environ.setdefault("MEDFAKE_ID_SALT", "test-salt")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
 import pytest  # noqa: E402
+
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -25,3 +29,11 @@ def tracking_store(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture
+def project(tracking_store, tmp_path):
+    """The working folder holds the project's MLproject, as when running from a clone."""
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copy(CHECKOUT / name, tmp_path / name)
+    return tmp_path

@@ -1,0 +1,37 @@
+"""Benchmarks: ``medfake bench <name>``, one module per benchmark.
+
+Each benchmark module provides ``add_bench_arguments(parser)`` and ``run_bench(args) -> int`` and
+keeps heavy imports inside functions; adding a benchmark is one entry in ``BENCHES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# benchmark → (module, one-line help)
+BENCHES: dict[str, tuple[str, str]] = {
+    "latency": ("medfake.bench.latency", "inference latency per backbone and runtime (the study's Table 3 method)"),
+    "preprocess": ("medfake.bench.preprocess", "preprocess throughput: header-first selective decoding vs decoding all"),
+    "train": ("medfake.bench.train", "phase 1 feature cache vs naive fit, precision per backbone, paper wall time"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for name, (module_name, help_text) in BENCHES.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # benchmark not built yet in this checkout
+        child = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_bench_arguments(child)
+        child.set_defaults(_bench_module=module_name)
+
+
+def run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(args._bench_module)
+    return int(module.run_bench(args) or 0)

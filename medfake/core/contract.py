@@ -1,0 +1,71 @@
+"""The names other parts, scripts and the MLflow UI rely on, defined once (DESIGN.md section 5).
+
+Changing a string here changes the contract: every tag, stage, metric key, label type and
+registry name is read from this module, never retyped.
+"""
+
+from __future__ import annotations
+
+# -- runs and tags -------------------------------------------------------------------------
+TAG_PREFIX = "medfake."
+TAG_STAGE = "medfake.stage"
+TAG_DATA_DIGEST = "medfake.data_digest"
+TAG_CONFIG_DIGEST = "medfake.config_digest"
+TAG_FAILURE = "medfake.failure"
+TAG_DEVICE = "medfake.device"
+TAG_MODEL = "medfake.model"
+TAG_RESOLVED_PREFIX = "medfake.resolved."
+TAG_PREPROCESS_RUN = "medfake.preprocess_run"
+TAG_REDIRECTED_TO = "medfake.redirected_to"
+TAG_SCREEN_RUNS = "medfake.screen_runs_digest"
+TAG_TOP_MODELS = "medfake.top_models"
+TAG_REPEATS_FAILED = "medfake.repeats_failed"
+TAG_TRIAL = "medfake.trial"
+TAG_PRUNED = "medfake.pruned"
+TAG_PRUNED_AT = "medfake.pruned_at"
+TAG_BEST_TRIAL = "medfake.best_trial"
+TAG_BEST_RUN = "medfake.best_run"
+
+# -- stages (tag medfake.stage) ------------------------------------------------------------
+STAGE_PREPROCESS = "preprocess"
+STAGE_SCREEN = "screen"
+STAGE_REPEAT = "repeat"
+STAGE_TUNE = "tune"
+STAGE_SELECT = "select"
+STAGE_EVALUATE = "evaluate"
+STAGE_EXPLAIN = "explain"
+STAGE_ENSEMBLE = "ensemble"
+
+# -- models and registry -------------------------------------------------------------------
+BASELINE = "baseline"  # the HU-histogram floor, trained by `medfake train --model baseline`
+REGISTERED_MODEL = "medfake-detector"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+# -- metric keys: {split}_{metric} ---------------------------------------------------------
+SPLITS = ("train", "val", "test")
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "h")
+TRUE_SUFFIX = "_true"  # measured against the phantom's true tamper extents
+CI_LOW_SUFFIX = "_ci_low"
+CI_HIGH_SUFFIX = "_ci_high"
+
+
+def metric_key(split: str, metric: str) -> str:
+    """``{split}_{metric}``, the key every step logs and every reader looks up (e.g. ``val_h``)."""
+    return f"{split}_{metric}"
+
+
+# -- CT-GAN label types (labels_exp*.csv column `type`) -------------------------------------
+LABEL_TYPES = {
+    "TB": "true benign: no cancer there, untouched",
+    "TM": "true malign: real cancer, untouched",
+    "FB": "false benign: real cancer removed (tampered)",
+    "FM": "false malign: fake cancer injected (tampered)",
+}
+TAMPERED_TYPES = frozenset({"FB", "FM"})
+LIDC_LABEL_TYPE = "LIDC"  # negatives drawn from LIDC-IDRI carry no CT-GAN label
+
+# -- dataset predictions -------------------------------------------------------------------
+PREDICTION_COLUMNS = ("scan_id", "source", "slice", "label", "label_type", "truly_tampered", "score", "predicted")

@@ -1,0 +1,202 @@
+"""Everything MLflow: tracking store, experiments, run lifecycle, search helpers.
+
+Runs never stay RUNNING: an exception ends them FAILED (reason in tag ``medfake.failure``),
+Ctrl-C or SIGTERM ends them KILLED. Under ``mlflow run`` the entry point attaches to the run the
+project launcher created (``MLFLOW_RUN_ID``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from typing import Any, Iterator
+
+from medfake.core.contract import (  # noqa: F401 - re-exported for the steps
+    TAG_CONFIG_DIGEST,
+    TAG_DATA_DIGEST,
+    TAG_DEVICE,
+    TAG_FAILURE,
+    TAG_REDIRECTED_TO,
+    TAG_RESOLVED_PREFIX,
+    TAG_STAGE,
+)
+from medfake.core.errors import UserError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the run can end KILLED."""
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the store (env ``MLFLOW_TRACKING_URI`` or ./mlflow.db) and the experiment."""
+    import logging
+
+    import mlflow
+
+    import warnings
+
+    for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent",
+                  "mlflow.system_metrics.system_metrics_monitor"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Hints that say nothing to a medfake user (our inputs are float arrays, our sources local).
+    warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
+    warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.set_experiment(experiment)
+    return exp.experiment_id
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def run(
+    experiment: str,
+    run_name: str,
+    stage: str,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    nested: bool = False,
+    system_metrics: bool = False,
+    detached: bool = False,
+) -> Iterator[Any]:
+    """Start (or resume/attach to) a run; end it FINISHED, FAILED or KILLED — never RUNNING.
+
+    ``detached`` starts a separate run even under ``mlflow run`` (a step that needs another step
+    first, e.g. train running preprocess), instead of attaching to ``MLFLOW_RUN_ID``.
+    """
+    import mlflow
+
+    experiment_id = setup(experiment)
+    launcher_run = os.environ.get("MLFLOW_RUN_ID")
+    attach = run_id or (None if nested or detached else launcher_run)
+    redirected_from = None
+    if attach and attach == launcher_run and not run_id:
+        # `mlflow run` without --experiment-name files its run under "Default": the step's run
+        # goes to the config's experiment instead (where select/report look), and the launcher's
+        # run points to it.
+        from mlflow.tracking import MlflowClient
+
+        if MlflowClient().get_run(launcher_run).info.experiment_id != experiment_id:
+            attach, redirected_from = None, launcher_run
+    if not attach and launcher_run:
+        os.environ.pop("MLFLOW_RUN_ID")  # start_run() would otherwise attach to it
+    all_tags = {TAG_STAGE: stage, **(tags or {})}
+    kwargs: dict[str, Any] = {"nested": nested, "log_system_metrics": system_metrics or None}
+    if attach:
+        active = mlflow.start_run(run_id=attach, **kwargs)
+    else:
+        active = mlflow.start_run(run_name=run_name, tags=all_tags, **kwargs)
+    if attach:
+        mlflow.set_tags(all_tags)
+    if redirected_from:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().set_tag(redirected_from, TAG_REDIRECTED_TO, f"{experiment}/{active.info.run_id}")
+        print(f"mlflow run filed its run under another experiment; this step logs to '{experiment}' "
+              f"(run {active.info.run_id}); pass --experiment-name {experiment} to avoid the extra run",
+              file=sys.stderr)
+    with _sigterm_as_interrupt():
+        try:
+            yield active
+        except KeyboardInterrupt:
+            mlflow.set_tag(TAG_FAILURE, "interrupted (Ctrl-C or SIGTERM)")
+            mlflow.end_run(status="KILLED")
+            raise
+        except UserError as exc:
+            mlflow.set_tag(TAG_FAILURE, str(exc)[:4000])
+            mlflow.end_run(status="FAILED")
+            raise
+        except BaseException as exc:
+            mlflow.set_tag(TAG_FAILURE, f"{type(exc).__name__}: {exc}"[:4000])
+            mlflow.end_run(status="FAILED")
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
+        finally:
+            if launcher_run:
+                os.environ["MLFLOW_RUN_ID"] = launcher_run
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params in chunks (MLflow takes at most 100 per call); values as strings.
+
+    Under ``mlflow run`` the launcher has already logged the entry point's raw ``-P`` values
+    (``model=xception``, ``seed=''`` for "the config's"), and MLflow forbids changing a param. Where
+    the step resolves one to another value, the raw value stays the param and the resolved one is
+    the tag ``medfake.resolved.<key>``; ``params_of`` reads them back merged.
+    """
+    import mlflow
+
+    items = [(k, "null" if v is None else str(v)) for k, v in params.items()]
+    active = mlflow.active_run()
+    logged = dict(mlflow.get_run(active.info.run_id).data.params) if active is not None else {}
+    resolved = {k: v for k, v in items if k in logged and logged[k] != v}
+    items = [(k, v) for k, v in items if k not in resolved]
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start : start + 100]))
+    if resolved:
+        mlflow.set_tags({f"{TAG_RESOLVED_PREFIX}{k}": v for k, v in resolved.items()})
+
+
+def params_of(run) -> dict[str, str]:
+    """A run's params with the step's resolved values (``medfake.resolved.*`` tags) over raw launcher values."""
+    merged = dict(run.data.params)
+    merged.update({k[len(TAG_RESOLVED_PREFIX):]: v for k, v in run.data.tags.items() if k.startswith(TAG_RESOLVED_PREFIX)})
+    return merged
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def log_config(cfg) -> None:
+    """The resolved config: flattened as params and as ``config.yaml``; its digest as a tag."""
+    import mlflow
+
+    log_params(cfg.flat())
+    mlflow.set_tag(TAG_CONFIG_DIGEST, cfg.digest())
+    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+
+
+def finished_runs(experiment: str, filter_string: str = "", order_by: list[str] | None = None) -> list:
+    """FINISHED runs of an experiment matching an MLflow filter, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    setup(experiment)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    clauses = ["attributes.status = 'FINISHED'"] + ([filter_string] if filter_string else [])
+    return client.search_runs(
+        [exp.experiment_id],
+        filter_string=" and ".join(clauses),
+        order_by=order_by or ["attributes.start_time DESC"],
+        max_results=5000,
+    )
+
+
+def artifact_tempdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="medfake-")

@@ -1,0 +1,308 @@
+"""The detector: one self-contained Keras model from a Hounsfield-unit slice to P(tampered).
+
+Layout (the study's section 3: backbone + GAP + Dense 512 + Dense 256 + Dense 1 sigmoid)::
+
+    "hu" (S,S,1) HU → CT window (Rescaling + ReLU clip to 0..255) → grey to RGB (Concatenate)
+      → ImageNet scaling (Rescaling / Normalization) → "backbone" → "pool" (GAP) → [Dropout] → "head_dense_1" (512 ReLU) → [Dropout] → "embedding" (256 ReLU)
+      → [Dropout] → "probability" (1 sigmoid, float32)
+
+Windowing and the backbone's ImageNet input scaling live inside the model, so a saved ``.keras``
+file, an ONNX or OpenVINO export and the ``scan`` step all take raw HU and agree. Every layer is a
+Keras built-in, so the model loads without medfake (MLflow pyfunc, ``mlflow models serve``).
+Only ``keras`` and ``keras.ops`` are used here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import keras
+from keras import ops
+
+from medfake.models.registry import IMAGENET_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Backbone, get_backbone
+from medfake.core.errors import UserError
+
+INPUT_NAME = "hu"
+BACKBONE_NAME = "backbone"
+POOL_NAME = "pool"
+EMBEDDING_NAME = "embedding"
+OUTPUT_NAME = "probability"
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def window_layers(center: float, width: float) -> list[keras.layers.Layer]:
+    """CT window as built-in layers: HU → linear map of [center ± width/2] to 0..255, clipped.
+
+    Built-in layers only (here and below), so a saved detector loads anywhere, e.g. in
+    ``mlflow models serve``, without importing medfake.
+    """
+    if not width > 0:
+        raise UserError(f"CT window width must be > 0 HU, got {width}")
+    low = float(center) - float(width) / 2.0
+    scale = 255.0 / float(width)
+    return [
+        keras.layers.Rescaling(scale, offset=-low * scale, dtype="float32", name="ct_window_scale"),
+        keras.layers.ReLU(max_value=255.0, dtype="float32", name="ct_window"),
+    ]
+
+
+def scaling_layers(scaling: str) -> list[keras.layers.Layer]:
+    """The backbone's ImageNet input scaling of 0..255 RGB as built-in layers.
+
+    One per-channel ``Rescaling`` (x · scale + offset) each: its constants are made inside ``call``,
+    so they stay constants in ONNX/OpenVINO exports (``Normalization`` keeps its mean and variance as
+    tensors made at build time, which the ONNX export turns into missing graph inputs). The three
+    channels are one grey slice repeated, so Caffe's RGB→BGR swap changes nothing and only its BGR
+    mean is subtracted.
+    """
+    torch_scale = [1.0 / (255.0 * std) for std in IMAGENET_STD_RGB]
+    torch_offset = [-mean / std for mean, std in zip(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)]
+    factories = {
+        "none": lambda: [],
+        "tf": lambda: [keras.layers.Rescaling(1 / 127.5, offset=-1.0, dtype="float32", name="imagenet_scaling")],
+        "torch": lambda: [
+            keras.layers.Rescaling(torch_scale, offset=torch_offset, dtype="float32", name="imagenet_scaling"),
+        ],
+        "caffe": lambda: [
+            keras.layers.Rescaling(1.0, offset=[-mean for mean in IMAGENET_MEAN_BGR], dtype="float32",
+                                   name="imagenet_scaling"),
+        ],
+    }
+    if scaling not in factories:
+        raise ValueError(f"unknown input scaling {scaling!r}; one of {', '.join(factories)}")
+    return factories[scaling]()
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[str]:
+    """Build under the Keras policy of ``precision``, then restore the global policy.
+
+    ``keras.applications`` constructors take no ``dtype``; their layers read the global policy
+    when they are created, so the policy is set for the duration of the build only.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[precision])
+    try:
+        yield PRECISIONS[precision]
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def head_layer_names(head_units: Sequence[int]) -> list[str]:
+    """Names of the head's Dense layers: head_dense_1 … , "embedding" (last hidden), "probability"."""
+    if not head_units:
+        raise UserError("model.head_units must name at least one hidden layer (the embedding)")
+    hidden = [f"head_dense_{i}" for i in range(1, len(head_units))] + [EMBEDDING_NAME]
+    return [*hidden, OUTPUT_NAME]
+
+
+def _apply_head(features, head_units: Sequence[int], dropout: float):
+    """Dense ReLU layers of ``head_units`` (last = embedding) then the float32 sigmoid output.
+
+    With ``dropout`` > 0 a Dropout precedes every Dense layer (config ``model.dropout``).
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"model.dropout must be in [0, 1), got {dropout}")
+    names = head_layer_names(head_units)
+    x = features
+    for index, (units, name) in enumerate(zip([*head_units, 1], names), start=1):
+        if dropout > 0:
+            x = keras.layers.Dropout(dropout, name=f"head_dropout_{index}")(x)
+        if name == OUTPUT_NAME:
+            x = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
+        else:
+            x = keras.layers.Dense(int(units), activation="relu", name=name)(x)
+    return x
+
+
+def _resolve_backbone(backbone: str | Backbone) -> Backbone:
+    return backbone if isinstance(backbone, Backbone) else get_backbone(backbone)
+
+
+def build_detector(
+    backbone: str | Backbone,
+    image_size: int,
+    weights: str | None = None,
+    window: tuple[float, float] = (-600.0, 1500.0),
+    head_units: Sequence[int] = (512, 256),
+    dropout: float = 0.0,
+    precision: str = "float32",
+) -> keras.Model:
+    """Backbone + the study's head as one model taking HU slices (S,S,1), giving P(fake) (N,1).
+
+    ``weights`` is what the backbone constructor takes: None, "imagenet" or a file path (resolve
+    user input with ``medfake.models.weights.resolve_weights`` first). ``window`` is (center, width) in HU.
+    """
+    spec = _resolve_backbone(backbone)
+    size = int(image_size)
+    if size < spec.min_size:
+        raise UserError(
+            f"image size {size} is below the minimum input size {spec.min_size} of backbone {spec.name}"
+        )
+    center, width = window
+    with dtype_policy(precision):
+        hu = keras.Input(shape=(size, size, 1), dtype="float32", name=INPUT_NAME)
+        x = hu
+        for layer in window_layers(center, width):
+            x = layer(x)
+        x = keras.layers.Concatenate(axis=-1, dtype="float32", name="grey_to_rgb")([x, x, x])
+        for layer in scaling_layers(spec.scaling):
+            x = layer(x)
+        base = spec.constructor(input_shape=(size, size, 3), weights=weights)
+        backbone = keras.Model(base.input, base.output, name=BACKBONE_NAME)
+        x = backbone(x)
+        features = keras.layers.GlobalAveragePooling2D(dtype="float32", name=POOL_NAME)(x)
+        probability = _apply_head(features, head_units, dropout)
+        model = keras.Model(hu, probability, name=f"medfake_{spec.name.lower()}")
+    return model
+
+
+def head_model(
+    feature_width: int,
+    head_units: Sequence[int] = (512, 256),
+    dropout: float = 0.0,
+    precision: str = "float32",
+) -> keras.Model:
+    """The head alone, from pooled backbone features (feature_width,) to P(fake).
+
+    Layer names equal the detector's, so ``copy_head_weights`` moves weights both ways: phase 1
+    of training can run on cached features and the result goes back onto the backbone.
+    """
+    with dtype_policy(precision):
+        features = keras.Input(shape=(int(feature_width),), dtype="float32", name=POOL_NAME)
+        probability = _apply_head(features, head_units, dropout)
+        return keras.Model(features, probability, name="medfake_head")
+
+
+def _weighted_head_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    return {layer.name: layer for layer in model.layers if layer.weights and layer.name != BACKBONE_NAME}
+
+
+def copy_head_weights(src: keras.Model, dst: keras.Model) -> list[str]:
+    """Copy the weights of every head layer (by name) from ``src`` to ``dst``; return the names."""
+    src_layers, dst_layers = _weighted_head_layers(src), _weighted_head_layers(dst)
+    if set(src_layers) != set(dst_layers):
+        raise UserError(
+            f"head layers differ: {sorted(src_layers)} in {src.name} vs {sorted(dst_layers)} in {dst.name}"
+        )
+    for name, layer in src_layers.items():
+        target = dst_layers[name]
+        shapes = [tuple(w.shape) for w in layer.weights], [tuple(w.shape) for w in target.weights]
+        if shapes[0] != shapes[1]:
+            raise UserError(f"head layer {name} has weight shapes {shapes[0]} in {src.name} but {shapes[1]} in {dst.name}")
+        target.set_weights(layer.get_weights())
+    return sorted(src_layers)
+
+
+def attach_head(detector: keras.Model, head: keras.Model) -> keras.Model:
+    """Put a head trained on cached features back on the detector (in place); return the detector."""
+    copy_head_weights(head, detector)
+    return detector
+
+
+def feature_extractor(detector: keras.Model) -> keras.Model:
+    """Sub-model from the "hu" input to the pooled backbone features ("pool", float32)."""
+    return keras.Model(detector.input, detector.get_layer(POOL_NAME).output, name=f"{detector.name}_features")
+
+
+def embedding_model(detector: keras.Model) -> keras.Model:
+    """Sub-model from the "hu" input to the penultimate 256-d embedding (the study's Fig. 4)."""
+    return keras.Model(detector.input, detector.get_layer(EMBEDDING_NAME).output, name=f"{detector.name}_embedding")
+
+
+def backbone_model(detector: keras.Model) -> keras.Model:
+    """The backbone's own Keras model inside a detector (its layers, its weights)."""
+    return detector.get_layer(BACKBONE_NAME)
+
+
+def set_backbone_trainable(detector: keras.Model, unfreeze: str | float | bool | None,
+                           freeze_batchnorm: bool = True) -> int:
+    """Freeze or unfreeze the backbone: "all", "none" (or None), or a fraction in (0, 1] of its last layers.
+
+    Returns the number of trainable backbone layers; recompile afterwards. With pretrained weights
+    BatchNormalization stays frozen, which in Keras 3 also keeps it in inference mode with its
+    ImageNet statistics (the Keras fine-tuning recipe; ``training=False`` at call time does not
+    survive in a functional model). A backbone trained from scratch (``freeze_batchnorm=False``)
+    needs its BatchNorm layers to learn their statistics, so they unfreeze with the rest.
+    """
+    backbone = detector.get_layer(BACKBONE_NAME)
+    layers = backbone.layers
+    fraction = _unfreeze_fraction(unfreeze)
+    first_trainable = len(layers) - math.ceil(fraction * len(layers))
+    backbone.trainable = fraction > 0.0
+    for index, layer in enumerate(layers):  # a Functional model does not pass ``trainable`` down itself
+        frozen_bn = freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= first_trainable and not frozen_bn
+    return sum(1 for layer in layers if layer.trainable) if backbone.trainable else 0
+
+
+def set_batchnorm_momentum(detector: keras.Model, momentum: float) -> int:
+    """Set the moving-statistics momentum of every BatchNorm layer in the backbone; return the count."""
+    layers = [layer for layer in detector.get_layer(BACKBONE_NAME).layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = float(momentum)
+    return len(layers)
+
+
+def _unfreeze_fraction(unfreeze: str | float | bool | None) -> float:
+    if unfreeze is None:
+        return 0.0
+    if isinstance(unfreeze, bool):
+        return 1.0 if unfreeze else 0.0
+    text = str(unfreeze).strip().lower()
+    if text == "all":
+        return 1.0
+    if text == "none":
+        return 0.0
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        raise UserError(f"train.unfreeze must be 'all', 'none' or a fraction in [0, 1], got {unfreeze!r}")
+    return fraction
+
+
+def count_params_m(model: keras.Model) -> float:
+    """All parameters (trainable and not) in millions, as the study's Table 3 counts them."""
+    return model.count_params() / 1e6
+
+
+def with_precision(model: keras.Model, precision: str) -> keras.Model:
+    """A copy of a detector whose layers compute in ``precision`` (same weights).
+
+    The CT window, scaling, pooling and output layers stay float32, as ``build_detector`` makes them.
+    """
+    target = PRECISIONS.get(precision)
+    if target is None:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    config = _retype_config(model.get_config(), target)
+    with dtype_policy(precision):
+        copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+_FLOAT32_LAYERS = {"InputLayer"}
+_FLOAT32_NAMES = {POOL_NAME, OUTPUT_NAME, "ct_window_scale", "ct_window", "grey_to_rgb", "imagenet_unit",
+                  "imagenet_scaling"}
+
+
+def _retype_config(node, policy_name: str):
+    """Walk a layer config and set every layer's dtype policy, except the float32 ones."""
+    if isinstance(node, list):
+        return [_retype_config(item, policy_name) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _retype_config(value, policy_name) for key, value in node.items()}
+    config = node.get("config")
+    if isinstance(config, dict) and isinstance(config.get("dtype"), dict) and "class_name" in node:
+        keep = node["class_name"] in _FLOAT32_LAYERS or config.get("name") in _FLOAT32_NAMES
+        if not keep and config["dtype"].get("class_name") == "DTypePolicy":
+            config["dtype"] = {**config["dtype"], "config": {"name": policy_name}}
+    return node

@@ -1,0 +1,503 @@
+"""The ``train`` step: the study's two-phase transfer learning of one backbone (section 4), in MLflow.
+
+Phase 1 trains the head with the backbone frozen (on cached backbone features by default), phase 2
+fine-tunes with the backbone unfrozen; each keeps its lowest-validation-loss weights. The run logs
+every metric of Tables 1 and 3 and Figures 4 and 7 of the study, with bootstrap CIs, the detector as
+an MLflow Keras model, and per-epoch checkpoints so ``--resume RUN_ID`` continues a killed run.
+``--model baseline`` trains the histogram floor through the same evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medfake.core import device
+from medfake.core.contract import BASELINE
+from medfake.core.config import Config, add_config_arguments, config_from_args
+from medfake.data.preprocess import Dataset, ensure_dataset
+from medfake.core.errors import UserError
+
+
+CHECKPOINT_ROOT = Path(".medfake") / "checkpoints"
+FROM_SCRATCH_BN_MOMENTUM = 0.9
+
+
+@dataclass
+class Plan:
+    """What a train run will do, resolved and validated before any work starts."""
+
+    cfg: Config
+    model: str               # registry spelling, or "baseline"
+    stage: str
+    run_name: str
+
+
+def resolve_plan(model: str, cfg: Config, stage: str) -> Plan:
+    """Validate the model name and the size against the registry; errors are one line."""
+    if model.strip().lower() == BASELINE:
+        name = BASELINE
+    else:
+        from medfake.models.registry import get_backbone
+
+        backbone = get_backbone(model)
+        name = backbone.name
+        if cfg.data.image_size < backbone.min_size:
+            raise UserError(
+                f"data.image_size {cfg.data.image_size} is below {name}'s minimum input size {backbone.min_size}"
+            )
+    cfg = cfg.replace(**{"model.backbone": name})
+    return Plan(cfg=cfg, model=name, stage=stage, run_name=f"{name}-s{cfg.seed}")
+
+
+# -- the detector path ---------------------------------------------------------------------
+def _seed_everything(seed: int) -> None:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _compile(model, lr: float, cfg: Config, jit: bool) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2),
+        loss="binary_crossentropy",
+        jit_compile=jit,
+    )
+
+
+def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progress: bool = True) -> dict:
+    """Both phases on one detector. Returns the model, the resolved choices and timings."""
+    from medfake.models import detector as det
+    from medfake.training import fitting
+    from medfake.models.registry import get_backbone
+    from medfake.models.precision import choose
+    from medfake.models.weights import resolve_weights
+
+    cfg = plan.cfg
+    backbone = get_backbone(plan.model)
+    precision, jit = choose(cfg.train.precision, cfg.train.jit_compile, backbone.name)
+    weights_value, weights_used = resolve_weights(backbone, cfg.model.weights)
+    _seed_everything(cfg.seed)
+    model = det.build_detector(
+        backbone.name, cfg.data.image_size, weights=weights_value,
+        window=(cfg.data.window.center, cfg.data.window.width),
+        head_units=cfg.model.head_units, dropout=cfg.model.dropout, precision=precision,
+    )
+    images = dataset.images
+    m = dataset.manifest
+    train_rows = m.index[m["split"] == "train"].to_numpy()
+    val_rows = m.index[m["split"] == "val"].to_numpy()
+    y_train = m.loc[train_rows, "label"].to_numpy(np.float32)
+    y_val = m.loc[val_rows, "label"].to_numpy(np.float32)
+    batch = cfg.train.batch_size
+    timings: dict[str, float] = {}
+
+    # Phase 1: backbone frozen.
+    det.set_backbone_trainable(model, None)
+    t0 = time.perf_counter()
+    if cfg.train.feature_cache:
+        extractor = det.feature_extractor(model)
+        feats_train = fitting.predict_images(extractor, _rows(images, train_rows), batch)
+        feats_val = fitting.predict_images(extractor, _rows(images, val_rows), batch)
+        timings["feature_cache_seconds"] = time.perf_counter() - t0
+        head = det.head_model(backbone.feature_width, cfg.model.head_units, cfg.model.dropout, precision=precision)
+        det.copy_head_weights(model, head)
+        _compile(head, cfg.train.phase1_lr, cfg, jit)
+        trained = head
+
+        def phase1_data(epoch):
+            order = fitting.epoch_order(cfg.seed, 1, epoch, len(train_rows))
+            return feats_train[order], y_train[order]
+
+        def phase1_val():
+            return fitting.predict_images(head, feats_val, max(batch, 256)) if len(feats_val) else np.zeros(0)
+    else:
+        _compile(model, cfg.train.phase1_lr, cfg, jit)
+        trained = model
+
+        def phase1_data(epoch):
+            order = fitting.epoch_order(cfg.seed, 1, epoch, len(train_rows))
+            return fitting.image_batches(images, train_rows[order], y_train[order], batch), None
+
+        def phase1_val():
+            return fitting.predict_images(model, _rows(images, val_rows), batch)
+
+    if cfg.train.feature_cache:
+        # Same batches as the naive fit: x already in epoch order, fit must not reshuffle.
+        def phase1_fit_data(epoch):
+            x, y = phase1_data(epoch)
+            return _batched(x, y, batch)
+    else:
+        phase1_fit_data = phase1_data
+    state1 = fitting.run_phase(
+        trained, 1, cfg.train.phase1_epochs, phase1_fit_data, phase1_val, y_val,
+        on_epoch=lambda e, logs: log_epoch(1, e, logs), checkpoints=checkpoints, progress=progress,
+    )
+    if cfg.train.feature_cache:
+        det.copy_head_weights(head, model)
+    timings["phase1_seconds"] = time.perf_counter() - t0
+
+    # Phase 2: backbone unfrozen (all, or the last fraction of its layers).
+    t1 = time.perf_counter()
+    state2 = None
+    if cfg.train.phase2_epochs > 0:
+        # Pretrained BatchNorm stays in inference mode; from scratch it must learn its statistics,
+        # fast enough (momentum 0.9, not Keras's 0.99) that validation in inference mode sees them
+        # within a short schedule.
+        from_scratch = weights_value is None
+        det.set_backbone_trainable(model, cfg.train.unfreeze, freeze_batchnorm=not from_scratch)
+        if from_scratch:
+            det.set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
+        _compile(model, cfg.train.phase2_lr, cfg, jit)
+
+        def phase2_data(epoch):
+            order = fitting.epoch_order(cfg.seed, 2, epoch, len(train_rows))
+            return fitting.image_batches(images, train_rows[order], y_train[order], batch), None
+
+        state2 = fitting.run_phase(
+            model, 2, cfg.train.phase2_epochs, phase2_data,
+            lambda: fitting.predict_images(model, _rows(images, val_rows), batch), y_val,
+            on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints, progress=progress,
+        )
+    timings["phase2_seconds"] = time.perf_counter() - t1
+    epochs2 = state2.epochs_done if state2 else 0
+    timings["train_images_per_s"] = (
+        len(train_rows) * epochs2 / timings["phase2_seconds"] if epochs2 and timings["phase2_seconds"] > 0 else 0.0
+    )
+    det.set_backbone_trainable(model, None)
+    return {
+        "model": model, "precision": precision, "jit": jit, "weights_used": weights_used,
+        "timings": timings, "states": [state1, state2],
+    }
+
+
+def _rows(images, rows: np.ndarray):
+    """Rows of the memmap as an int16 array (a copy of only those rows)."""
+    return np.asarray(images[np.sort(rows)])[np.argsort(np.argsort(rows))] if len(rows) else images[:0]
+
+
+def _batched(x: np.ndarray, y: np.ndarray, batch: int):
+    """Features and labels as a PyDataset of fixed-order batches (no reshuffling by fit)."""
+    import keras
+
+    class _Ordered(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+
+        def __len__(self):
+            return -(-len(x) // batch)
+
+        def __getitem__(self, i):
+            return x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch, None]
+
+    return _Ordered(), None
+
+
+# -- evaluation and logging ---------------------------------------------------------------
+def evaluate_and_log(plan: Plan, dataset: Dataset, score_fn, embed_fn, artifacts: Path, progress: bool) -> dict:
+    """Metrics on every split, CIs on test, plots, predictions and the latent space."""
+    import mlflow
+
+    from medfake.training import embeddings as emb
+    from medfake.training import metrics as mt
+    from medfake.core import plots
+
+    cfg = plan.cfg
+    results = {}
+    m = dataset.manifest
+    for split in ("train", "val", "test"):
+        rows = m.index[m["split"] == split].to_numpy()
+        if len(rows) == 0:
+            continue
+        y = m.loc[rows, "label"].to_numpy(np.int64)
+        scores = score_fn(_rows(dataset.images, rows))
+        values = mt.binary_metrics(y, scores, cfg.eval.threshold)
+        results[split] = (y, scores, values, rows)
+        logged = mt.mlflow_metrics(split, {k: values[k] for k in (*mt.METRICS, "loss")})
+        mlflow.log_metrics({k: v for k, v in logged.items() if np.isfinite(v)})
+    if "test" not in results:
+        raise UserError("the dataset has no test slices; use more scans or other split_fractions")
+    y, scores, values, rows = results["test"]
+    ci = mt.bootstrap_ci(y, scores, cfg.eval.threshold, cfg.eval.bootstrap_samples, cfg.eval.ci_level, seed=cfg.seed)
+    mlflow.log_metrics({k: v for k, v in mt.ci_metrics("test", ci).items() if np.isfinite(v)})
+    mlflow.log_metric("test_ece", values["ece"])
+    for key in ("tp", "fp", "tn", "fn"):
+        mlflow.log_metric(f"test_{key}", float(values[key]))
+
+    plots_dir = artifacts / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{plan.model} (seed {cfg.seed})"
+    plots.confusion_matrix_plot(values["tp"], values["fp"], values["tn"], values["fn"], plots_dir / "confusion_matrix.png", title)
+    plots.roc_plot({plan.model: (y, scores)}, plots_dir / "roc.png")
+    plots.score_histogram(y, scores, plots_dir / "score_histogram.png", cfg.eval.threshold)
+
+    pred = m.loc[rows, ["scan_id", "source", "slice", "label", "label_type"]].copy()
+    pred["score"] = scores
+    pred["predicted"] = (scores >= cfg.eval.threshold).astype(int)
+    (artifacts / "predictions").mkdir(exist_ok=True)
+    # Nine significant digits: an undertrained detector's scores can all sit below 1e-6, and rounding
+    # them to fixed decimals would tie them and change the AUC a report recomputes from this file.
+    pred.to_csv(artifacts / "predictions" / "test.csv", index=False, float_format="%.9g")
+
+    if embed_fn is not None:
+        vectors = embed_fn(_rows(dataset.images, rows))
+        (artifacts / "embeddings").mkdir(exist_ok=True)
+        emb.save_embeddings(artifacts / "embeddings" / "test.npz", vectors, y, scores, pred["scan_id"].to_numpy())
+        sep = emb.separability(vectors, y, seed=cfg.seed)
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in sep.items() if isinstance(v, (int, float)) and np.isfinite(v)})
+        predicted = pred["predicted"].to_numpy()
+        for method in ("tsne", "pca"):
+            points = emb.project_2d(vectors, method, seed=cfg.seed)
+            plots.embedding_map(points, y, predicted, plots_dir / f"embedding_{method}.png", f"{title}: {method.upper()} of the 256-d embedding")
+    return {split: r[2] for split, r in results.items()} | {"test_ci": ci}
+
+
+def _latency(predict_fn, batch: np.ndarray, steps: int) -> tuple[float, float]:
+    from medfake.core.device import measure_latency
+
+    return measure_latency(predict_fn, batch, steps=steps, warmup=2)
+
+
+def _model_requirements() -> list[str]:
+    """What a logged detector needs to load: keras and its backend (no medfake: built-in layers)."""
+    from importlib.metadata import version
+
+    import keras
+
+    backend = keras.backend.backend()
+    names = ["keras", {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)]
+    return [f"{name}=={version(name)}" for name in names]
+
+
+def log_detector_model(model, example: np.ndarray) -> None:
+    """The detector in the MLflow Keras flavour, with a signature and a scoring-server example.
+
+    The input example goes in as ``serving_input_example.json`` beside the model: MLflow's Keras
+    flavour fails when given ``input_example`` (mlflow/mlflow#16183, open in 3.17).
+    """
+    import json
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    probabilities = np.asarray(model.predict_on_batch(example), np.float32)
+    signature = infer_signature(example, probabilities)
+    # Requirements named here: MLflow's inference of them fails for Keras 3 and costs ~20 s.
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=_model_requirements())
+    mlflow.log_text(json.dumps({"inputs": example.tolist()}), "serving_input_example.json")
+
+
+# -- the step -------------------------------------------------------------------------------
+def train(plan: Plan, data_digest: str | None = None, resume: str | None = None, parent: str | None = None,
+          progress: bool = True, *, nested: bool = False, extra_tags: dict | None = None, on_epoch=None) -> str:
+    """Run the whole step; returns the MLflow run id.
+
+    A driver in the same process (``tune``) passes ``nested=True`` to open the run under its active
+    run, ``extra_tags`` for its own tags, and ``on_epoch(phase, epoch, logs)``, called after each
+    epoch is logged; an exception from it (``optuna.TrialPruned``) stops training.
+    """
+    import mlflow
+
+    from medfake.core import tracking
+
+    cfg = plan.cfg
+    dataset, preprocess_run = ensure_dataset(cfg, progress=progress, digest=data_digest or None)
+    tags = {
+        tracking.TAG_DATA_DIGEST: dataset.digest,
+        tracking.TAG_DEVICE: device.device_name(),
+        "medfake.model": plan.model,
+    }
+    if preprocess_run:
+        tags["medfake.preprocess_run"] = preprocess_run
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    tags.update(extra_tags or {})
+    with tracking.run(cfg.experiment, plan.run_name, plan.stage, tags=tags, run_id=resume, nested=nested,
+                      system_metrics=True) as active:
+        run_id = active.info.run_id
+        if not resume:
+            tracking.log_config(cfg)
+            tracking.log_params({"model": plan.model, "seed": cfg.seed, "data_digest": dataset.digest})
+            _log_dataset_input(dataset)
+        artifacts = Path(tracking.artifact_tempdir().name)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        summary = {"run_id": run_id, "model": plan.model}
+        if plan.model == BASELINE:
+            summary |= _train_baseline(plan, dataset, artifacts, progress)
+        else:
+            summary |= _train_detector_run(plan, dataset, run_id, artifacts, progress, resumed=bool(resume),
+                                           on_epoch=on_epoch)
+        mlflow.log_artifacts(str(artifacts))
+    print_summary(summary, cfg)
+    return run_id
+
+
+def _log_dataset_input(dataset: Dataset) -> None:
+    import mlflow
+
+    ds = mlflow.data.from_pandas(dataset.manifest, source=str(dataset.path.resolve()),
+                                 name=f"medfake-{dataset.digest[:8]}", digest=dataset.digest, targets="label")
+    mlflow.log_input(ds, context="training")
+
+
+def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Path, progress: bool, resumed: bool,
+                        on_epoch=None) -> dict:
+    import mlflow
+
+    from medfake.models import detector as det
+    from medfake.training import fitting
+
+    cfg = plan.cfg
+
+    def log_epoch(phase: int, epoch: int, logs: dict) -> None:
+        mlflow.log_metrics(
+            {f"phase{phase}_{k}": v for k, v in logs.items() if np.isfinite(v)}, step=epoch
+        )
+        if on_epoch is not None:
+            on_epoch(phase, epoch, logs)
+
+    checkpoints = fitting.Checkpoints(CHECKPOINT_ROOT / run_id)
+    result = train_detector(plan, dataset, checkpoints, log_epoch, progress)
+    model = result["model"]
+    if not resumed:
+        tracking_params = {"weights_used": result["weights_used"], "precision_used": result["precision"],
+                           "jit_compile_used": result["jit"]}
+        from medfake.core import tracking
+
+        tracking.log_params(tracking_params)
+    batch = cfg.train.batch_size
+
+    def score_fn(images):
+        return fitting.predict_images(model, images, batch).reshape(-1)
+
+    embedder = det.embedding_model(model)
+
+    def embed_fn(images):
+        return fitting.predict_images(embedder, images, batch)
+
+    evaluation = evaluate_and_log(plan, dataset, score_fn, embed_fn, artifacts, progress)
+    example = np.asarray(dataset.images[:batch], np.float32)[..., None]
+    mean_ms, std_ms = _latency(model.predict_on_batch, example, cfg.eval.latency_steps)
+    states = [s for s in result["states"] if s is not None]
+    efficiency = {
+        "params_m": det.count_params_m(model),
+        "latency_ms_mean": mean_ms,
+        "latency_ms_std": std_ms,
+        "inference_images_per_s": len(example) / (mean_ms / 1000.0) if mean_ms > 0 else 0.0,
+        **result["timings"],
+        **{f"phase{s.phase}_best_epoch": float(s.best_epoch) for s in states},
+        **{f"phase{s.phase}_best_val_loss": float(s.best_val_loss) for s in states},
+    }
+    mlflow.log_metrics({k: float(v) for k, v in efficiency.items() if np.isfinite(v)})
+    log_detector_model(model, example[:1])
+    return {"evaluation": evaluation, "efficiency": efficiency, "precision": result["precision"],
+            "weights": result["weights_used"]}
+
+
+def _train_baseline(plan: Plan, dataset: Dataset, artifacts: Path, progress: bool) -> dict:
+    import mlflow
+
+    from medfake.models import baseline
+
+    cfg = plan.cfg
+    x_train, y_train, _ = dataset.split("train")
+    t0 = time.perf_counter()
+    model = baseline.fit(x_train[..., 0], y_train, seed=cfg.seed)
+    fit_seconds = time.perf_counter() - t0
+    tracking_params = {"weights_used": "none", "precision_used": "float64", "jit_compile_used": False}
+    from medfake.core import tracking
+
+    tracking.log_params(tracking_params)
+
+    def score_fn(images):
+        return baseline.predict(model, np.asarray(images, np.float32))
+
+    evaluation = evaluate_and_log(plan, dataset, score_fn, None, artifacts, progress)
+    example = np.asarray(dataset.images[: cfg.train.batch_size], np.float32)
+    mean_ms, std_ms = _latency(lambda b: baseline.predict(model, b), example, cfg.eval.latency_steps)
+    efficiency = {
+        "params_m": baseline.count_params(model) / 1e6,
+        "latency_ms_mean": mean_ms,
+        "latency_ms_std": std_ms,
+        "inference_images_per_s": len(example) / (mean_ms / 1000.0) if mean_ms > 0 else 0.0,
+        "phase1_seconds": fit_seconds,
+        "phase2_seconds": 0.0,
+    }
+    mlflow.log_metrics(efficiency)
+    baseline.log_model(model, example[:1, ..., None])
+    return {"evaluation": evaluation, "efficiency": efficiency, "precision": "float64", "weights": "none"}
+
+
+def print_summary(summary: dict, cfg: Config) -> None:
+    """The end-of-run table: test metrics with CIs, timings, where to look."""
+    from medfake.training.metrics import METRICS
+
+    ev = summary["evaluation"]
+    test, ci = ev["test"], ev["test_ci"]
+    level = int(round(cfg.eval.ci_level * 100))
+    print(f"\n{summary['model']} — test set ({int(test['tp'] + test['fp'] + test['tn'] + test['fn'])} slices), {level}% bootstrap CI")
+    for name in METRICS:
+        low, high = ci.get(name, (float("nan"), float("nan")))
+        val = ev.get("val", {}).get(name, float("nan"))
+        print(f"  {name:<12} {test[name]:.4f}  [{low:.4f}, {high:.4f}]   (val {val:.4f})")
+    eff = summary["efficiency"]
+    print(
+        f"  params {eff['params_m']:.2f} M · inference {eff['latency_ms_mean']:.1f} ± {eff['latency_ms_std']:.1f} ms/step"
+        f" · phase 1 {eff.get('phase1_seconds', 0):.1f} s · phase 2 {eff.get('phase2_seconds', 0):.1f} s"
+        f" · precision {summary['precision']} · weights {summary['weights']}"
+    )
+    print(f"MLflow run {summary['run_id']} in experiment '{cfg.experiment}' — look at it with `mlflow ui`")
+
+
+# -- CLI ----------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="xception", help="backbone registry name (case-insensitive) or 'baseline'")
+    add_config_arguments(parser)
+    parser.add_argument("--seed", default="", help="training seed (default: the config's)")
+    parser.add_argument("--data", default="", help="dataset digest to train on (default: the config's dataset)")
+    parser.add_argument("--stage", default="screen", help="tag medfake.stage: screen, repeat, tune, …")
+    parser.add_argument("--resume", default="", metavar="RUN_ID", help="continue an interrupted run from its checkpoints")
+    parser.add_argument("--parent-run-id", default="", help="make this run a child of a driver's run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    extra = {}
+    if str(args.seed).strip():
+        try:
+            extra["seed"] = int(args.seed)
+        except ValueError:
+            raise UserError(f"--seed '{args.seed}' is not an integer") from None
+    cfg = config_from_args(args, extra)
+    try:
+        plan = resolve_plan(args.model, cfg, args.stage)
+    except UserError as exc:
+        _fail_launcher_run(str(exc))
+        raise
+    train(plan, data_digest=args.data or None, resume=args.resume or None,
+          parent=args.parent_run_id or None, progress=not args.quiet)
+    return 0
+
+
+def _fail_launcher_run(reason: str) -> None:
+    """Under ``mlflow run``, a bad argument still ends the launcher's run FAILED with the reason."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, "medfake.failure", reason[:4000])
+    client.set_terminated(run_id, "FAILED")
+

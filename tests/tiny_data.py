@@ -1,0 +1,47 @@
+"""A tiny learnable dataset and train plan, shared by the train and tune tests."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medfake.core.config import load_config
+from medfake.data.preprocess import Dataset, load_dataset
+from medfake.core.errors import UserError
+
+TINY = [
+    "data.image_size=32", "train.batch_size=8", "train.phase1_epochs=3", "train.phase2_epochs=1",
+    "train.phase1_lr=1e-3", "train.phase2_lr=1e-4", "eval.bootstrap_samples=50", "eval.latency_steps=2",
+    "model.weights=none", "model.head_units=[16, 8]", "train.precision=float32", "experiment=medfake-test",
+]
+
+
+def tiny_dataset(folder, n=48, size=32, seed=0) -> Dataset:
+    """A random int16 HU dataset with a learnable bright square in fakes, as preprocess writes it."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = rng.normal(-600, 150, size=(n, size, size)).astype(np.int16)
+    images[labels == 1, 8:16, 8:16] += 400
+    split = np.array(["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
+    folder.mkdir(parents=True)
+    np.save(folder / "images.npy", images)
+    manifest = pd.DataFrame({
+        "row": np.arange(n), "scan_id": [f"s{i // 4:03d}" for i in range(n)], "source": "ctgan",
+        "slice": np.arange(n), "position": np.arange(n), "label": labels, "split": split,
+        "label_type": np.where(labels == 1, "FM", "TB"), "provenance": "test", "relative_z": 0.5,
+        "truly_tampered": "",
+    })
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    (folder / "dataset.json").write_text(json.dumps({"digest": folder.name, "image_size": size, "counts": {}, "problems": 0}))
+    return load_dataset(folder)
+
+
+def tiny_plan(extra=(), model="MobileNetV3Large"):
+    from medfake.training.train import resolve_plan
+
+    return resolve_plan(model, load_config("quickstart", [*TINY, *extra]), "screen")
+
+
