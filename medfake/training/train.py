@@ -330,15 +330,15 @@ def train(plan: Plan, data_digest: str | None = None, resume: str | None = None,
             tracking.log_config(cfg)
             tracking.log_params({"model": plan.model, "seed": cfg.seed, "data_digest": dataset.digest})
             _log_dataset_input(dataset)
-        artifacts = Path(tracking.artifact_tempdir().name)
-        artifacts.mkdir(parents=True, exist_ok=True)
         summary = {"run_id": run_id, "model": plan.model}
-        if plan.model == BASELINE:
-            summary |= _train_baseline(plan, dataset, artifacts, progress)
-        else:
-            summary |= _train_detector_run(plan, dataset, run_id, artifacts, progress, resumed=bool(resume),
-                                           on_epoch=on_epoch)
-        mlflow.log_artifacts(str(artifacts))
+        with tracking.artifact_tempdir() as folder:  # removed with everything in it once logged
+            artifacts = Path(folder)
+            if plan.model == BASELINE:
+                summary |= _train_baseline(plan, dataset, artifacts, progress)
+            else:
+                summary |= _train_detector_run(plan, dataset, run_id, artifacts, progress, resumed=bool(resume),
+                                               on_epoch=on_epoch)
+            mlflow.log_artifacts(str(artifacts))
     print_summary(summary, cfg)
     return run_id
 
