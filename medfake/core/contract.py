@@ -25,6 +25,10 @@ TAG_PRUNED = "medfake.pruned"
 TAG_PRUNED_AT = "medfake.pruned_at"
 TAG_BEST_TRIAL = "medfake.best_trial"
 TAG_BEST_RUN = "medfake.best_run"
+# evaluate runs: which detector scored which data (the run's own data digest is the target's)
+TAG_SOURCE_RUN = "medfake.source_run"
+TAG_SOURCE_DATA_DIGEST = "medfake.source_data_digest"
+TAG_TARGET_DATA_DIGEST = "medfake.target_data_digest"
 
 # -- stages (tag medfake.stage) ------------------------------------------------------------
 STAGE_PREPROCESS = "preprocess"
