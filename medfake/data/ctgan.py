@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from medfake.core.contract import LABEL_TYPES, TAMPERED_TYPES
-from medfake.io.dicom import DICOMSeries
 from medfake.core.errors import UserError
+from medfake.io.series import DICOMSeries
 
 EXPERIMENTS = ("EXP1", "EXP2")
 LABEL_COLUMNS = ("type", "uuid", "slice", "x", "y")

@@ -15,8 +15,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medfake.io.dicom import HEADER_TAGS, DICOMSeries, element_text, scan_header
 from medfake.core.errors import UserError
+from medfake.io.header import HEADER_TAGS, element_text, scan_header
+from medfake.io.privacy import deidentify
+from medfake.io.series import DICOMSeries
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class LIDCWalk:
 def _series_header(path: Path) -> tuple[str, str]:
     """(SeriesInstanceUID, Modality), reading the header only up to SeriesInstanceUID.
 
-    The struct-based :func:`medfake.io.dicom.scan_header` handles ordinary files; pydicom's
+    The struct-based :func:`medfake.io.header.scan_header` handles ordinary files; pydicom's
     ``read_partial`` handles the rest (and raises InvalidDicomError for non-DICOM files).
     """
     wanted = (_MODALITY_TAG, _SERIES_UID_TAG)
@@ -143,8 +145,6 @@ def walk(root: str | os.PathLike) -> LIDCWalk:
 def find_series(root: str | os.PathLike) -> list[LIDCSeriesRef]:
     """The CT series under an LIDC-IDRI root. What was skipped is logged (INFO) under a salted
     hash of its folder, since LIDC folder names are patient IDs; :func:`walk` returns the folders."""
-    from medfake.io.privacy import deidentify
-
     found = walk(root)
     for where, reason in found.skipped:
         log.info("LIDC-IDRI folder %s: %s", deidentify("lidc-folder", where), reason)

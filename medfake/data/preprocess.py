@@ -358,7 +358,7 @@ def build(cfg: Config, progress: bool = True, inputs: Inputs | None = None, dige
     """Build (or reuse) the dataset of a config. Returns (dataset, reused, stats)."""
     from tqdm import tqdm
 
-    from medfake.io.dicom import resize
+    from medfake.io.transforms import resize
 
     started = time.perf_counter()
     inputs = inputs or resolve_inputs(cfg, progress)
@@ -448,7 +448,7 @@ def label_noise(manifest: pd.DataFrame) -> dict[str, float]:
 
 def montage_rows(dataset: Dataset, radius: int, max_rows: int = 3, window=(-600.0, 1500.0)):
     """Figure 1 of the study: a few labelled fake slices and their ±i neighbours."""
-    from medfake.io.dicom import window_uint8
+    from medfake.io.transforms import window_uint8
 
     m = dataset.manifest
     centres = m[(m["label"] == 1) & m["provenance"].str.endswith("offset +0")].head(max_rows)

@@ -79,7 +79,7 @@ def _is_series_folder(folder: Path) -> bool:
 
 def find_series(path: str | os.PathLike) -> tuple[list[SeriesSource], list[dict]]:
     """The series under PATH and the (folder, reason) of what was left out while looking."""
-    from medfake.io.dicom import DICOMSeries
+    from medfake.io.series import DICOMSeries
 
     root = Path(path)
     if not root.exists():
@@ -329,7 +329,7 @@ def score_series(series, scorer: Scorer, batch_size: int = 16, progress: bool = 
     """Score every readable slice in profile order: scores, slice numbers, file names, skipped slices."""
     from tqdm import tqdm
 
-    from medfake.io.dicom import resize
+    from medfake.io.transforms import resize
 
     order, numbering = _profile_order(series)
     size = scorer.input_size
@@ -614,7 +614,7 @@ def write_plots(report: dict, base: Path, sources: dict[str, Any], window: tuple
                 top: int = 4) -> list[Path]:
     """Score along z per series, flagged ranges shaded, the top slices shown in ``window`` (C, W)."""
     from medfake.core import plots
-    from medfake.io.dicom import window_uint8
+    from medfake.io.transforms import window_uint8
 
     written = []
     many = len(report["series"]) > 1

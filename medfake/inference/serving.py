@@ -66,7 +66,8 @@ def payload_from_dicom(files: str | Path | Sequence[str | Path], size: int) -> b
 
     Used for the README's ``curl`` example: it is exactly what ``medfake scan --endpoint`` posts.
     """
-    from medfake.io.dicom import DICOMSeries, resize
+    from medfake.io.series import DICOMSeries
+    from medfake.io.transforms import resize
 
     source = [files] if isinstance(files, (str, Path)) else list(files)
     series = DICOMSeries.open(source if len(source) > 1 else source[0])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medfake.io.dicom import DICOMSeries, transfer_syntax_name
+from medfake.io.pixels import transfer_syntax_name
+from medfake.io.series import DICOMSeries
 
 ORDERING_TEXT = {
     "position": "ImagePositionPatient along the slice normal",

@@ -63,7 +63,7 @@ def lidc_folders(phantom):
 
 
 def series_hu(folder):
-    from medfake.io.dicom import DICOMSeries
+    from medfake.io.series import DICOMSeries
 
     series = DICOMSeries.open(folder)
     return series, series.read_hu()

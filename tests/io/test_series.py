@@ -1,14 +1,15 @@
-"""medfake.io.dicom: header pass, ordering, problems, HU, windowing, resizing, codecs."""
+"""medfake.io.series: ordering, problems found while assembling a series, HU of chosen slices."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless, generate_uid
 
-from medfake.io import dicom
-from medfake.io.dicom import DICOMSeries, project_positions, resize, slice_normal, to_hu, window, window_uint8
 from medfake.core.errors import DICOMError, UserError
+from medfake.io import series as series_module
+from medfake.io.series import DICOMSeries
+from medfake.io.transforms import project_positions, slice_normal
 from dicom_factory import phantom_volume, truncate, write_ct_slice, write_series
 
 
@@ -67,15 +68,6 @@ def test_oblique_orientation_projects_on_the_normal(tmp_path):
     assert list(_means(series.read_hu())) == list(range(8))
     np.testing.assert_allclose(series.slice_positions - series.slice_positions[0], z, atol=1e-3)
     np.testing.assert_allclose(project_positions(ipp, iop), z, atol=1e-9)
-
-
-def test_slice_normal_maths():
-    np.testing.assert_allclose(slice_normal((1, 0, 0, 0, 1, 0)), [0, 0, 1])
-    np.testing.assert_allclose(slice_normal((0, 1, 0, 0, 0, -1)), [-1, 0, 0])  # sagittal
-    with pytest.raises(ValueError):
-        slice_normal((1, 0, 0, 1, 0, 0))
-    with pytest.raises(ValueError):
-        slice_normal((1, 0, 0))
 
 
 def test_instance_number_fallback_without_positions(tmp_path):
@@ -231,8 +223,8 @@ def test_read_only_requested_slices(tmp_path, monkeypatch):
     write_series(tmp_path, volume)
     series = DICOMSeries.open(tmp_path)
     decoded = []
-    real_decode = dicom.decode_stored
-    monkeypatch.setattr(dicom, "decode_stored", lambda path, ts="": decoded.append(path.name) or real_decode(path, ts))
+    real_decode = series_module.decode_stored
+    monkeypatch.setattr(series_module, "decode_stored", lambda path, ts="": decoded.append(path.name) or real_decode(path, ts))
     hu = series.read_hu([7, 2])
     assert decoded == ["7.dcm", "2.dcm"]
     np.testing.assert_array_equal(hu, volume[[7, 2]] - 1024.0)
@@ -263,137 +255,3 @@ def test_rle_compressed_series_decodes(tmp_path):
     series = DICOMSeries.open(tmp_path)
     assert series.transfer_syntax == RLELossless
     np.testing.assert_array_equal(series.read_hu(), volume - 1024.0)
-
-
-def test_decoder_support():
-    assert dicom.decoder_support(RLELossless) == "available"
-    assert dicom.decoder_support(ExplicitVRLittleEndian) == "available"
-    assert dicom.decoder_support("1.2.3.4.5.6") == "unsupported"
-    assert dicom.transfer_syntax_name(RLELossless) == "RLE Lossless (1.2.840.10008.1.2.5)"
-
-
-def test_missing_codec_gives_one_line_with_the_extra(tmp_path, monkeypatch):
-    from pydicom.pixels import get_decoder
-
-    write_series(tmp_path, phantom_volume(2), transfer_syntax=RLELossless)
-    series = DICOMSeries.open(tmp_path)
-    monkeypatch.setattr(get_decoder(RLELossless), "_available", {})  # as if no plugin were installed
-    with pytest.raises(DICOMError) as info:
-        series.read_hu([0])
-    message = str(info.value)
-    assert "\n" not in message
-    assert "RLE Lossless (1.2.840.10008.1.2.5)" in message
-    assert "pip install 'medfake[codecs]'" in message
-
-
-# ----------------------------------------------------------------------------- numpy maths
-
-
-def test_to_hu_and_window_maths():
-    stored = np.array([0, 1024, 2048], dtype=np.int16)
-    np.testing.assert_array_equal(to_hu(stored, 1.0, -1024.0), [-1024, 0, 1024])
-    np.testing.assert_array_equal(to_hu(stored, 0.5, 10.0), [10, 522, 1034])
-    hu = np.array([-2000, -1350, -600, 150, 1000], dtype=np.float32)
-    windowed = window(hu, center=-600, width=1500)
-    assert windowed.dtype == np.float32
-    np.testing.assert_allclose(windowed, [0.0, 0.0, 0.5, 1.0, 1.0])
-    np.testing.assert_allclose(window(np.array([-975.0]), -600, 1500), [0.25])
-    np.testing.assert_array_equal(window_uint8(hu, -600, 1500), [0, 0, 128, 255, 255])
-    assert window_uint8(hu, -600, 1500).dtype == np.uint8
-    with pytest.raises(ValueError):
-        window(hu, 0, 0)
-
-
-def test_resize_block_mean_when_divisible():
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(512, 512)).astype(np.float32)
-    small = resize(image, 128)
-    assert small.shape == (128, 128) and small.dtype == np.float32
-    np.testing.assert_allclose(small[5, 7], image[20:24, 28:32].mean(), rtol=1e-5)
-    stack = resize(np.stack([image, image + 1]), 128)
-    assert stack.shape == (2, 128, 128)
-    np.testing.assert_allclose(stack[1], small + 1, rtol=1e-4, atol=1e-5)
-
-
-def test_resize_area_and_bilinear():
-    rng = np.random.default_rng(1)
-    image = rng.uniform(size=(30, 20)).astype(np.float32)
-    down = resize(image, 16)  # rows shrink (area), columns grow (bilinear)
-    assert down.shape == (16, 16)
-    ramp = np.tile(np.arange(16, dtype=np.float32), (16, 1))
-    up = resize(ramp, 32)
-    assert up.shape == (32, 32)
-    np.testing.assert_allclose(up[:, 1:-1], np.tile((np.arange(1, 31) + 0.5) / 2 - 0.5, (32, 1)), atol=1e-5)
-    np.testing.assert_allclose(resize(np.full((7, 9), 3.0), 5), 3.0, rtol=1e-6)  # area weights sum to 1
-    shrunk = resize(image[:, :15], 7)  # 30×15 → 7×7, both non-divisible
-    assert abs(float(shrunk.mean()) - float(image[:, :15].mean())) < 1e-5  # area averaging keeps the mean
-    np.testing.assert_array_equal(resize(image, 20).shape, (20, 20))
-    with pytest.raises(ValueError):
-        resize(np.zeros(5), 2)
-
-
-# ----------------------------------------------------------------------------- fast header pass
-
-
-def test_header_tag_numbers_match_the_dictionary():
-    from pydicom.datadict import tag_for_keyword
-
-    assert {keyword: tag_for_keyword(keyword) for keyword in dicom.HEADER_TAGS} == dicom.HEADER_TAGS
-
-
-def _with_sequences(path, undefined: bool):
-    """Add nested sequences before the wanted tags of group 0020/0028 (so the walk must skip them)."""
-    import pydicom
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    ds = pydicom.dcmread(path)
-    inner = Dataset()
-    inner.CodeValue, inner.CodingSchemeDesignator = "123", "DCM"
-    item = Dataset()
-    item.ReferencedSOPInstanceUID = generate_uid()
-    item.PurposeOfReferenceCodeSequence = Sequence([inner])
-    ds.ReferencedImageSequence = Sequence([item, Dataset()])
-    for element_item in (item, inner):
-        element_item.is_undefined_length_sequence_item = undefined
-    ds["ReferencedImageSequence"].is_undefined_length = undefined
-    item["PurposeOfReferenceCodeSequence"].is_undefined_length = undefined
-    ds.add_new(0x00091010, "UN", b"private bytes")
-    ds.save_as(path)
-    return path
-
-
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
-@pytest.mark.parametrize("undefined", [True, False])
-def test_fast_header_pass_matches_pydicom(tmp_path, monkeypatch, syntax, undefined):
-    path = write_ct_slice(tmp_path / "1.dcm", phantom_volume(1)[0], 2.5, 7, "1.2.3.4", slope=2.0, intercept=-10.0,
-                          transfer_syntax=syntax)
-    _with_sequences(path, undefined)
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        fast = dicom.scan_header(handle, size, dicom.HEADER_TAGS.values())
-        slow = dicom._pydicom_header(path, handle, size)
-    assert fast is not None
-    assert fast.values == slow.values
-    assert len(fast.values) == 12  # every wanted tag but NumberOfFrames
-    assert (fast.pixel_length, fast.pixel_bytes_left, fast.transfer_syntax) == (
-        slow.pixel_length, slow.pixel_bytes_left, slow.transfer_syntax)
-    quick = dicom.read_header(path)
-    monkeypatch.setattr(dicom, "scan_header", lambda *args, **kwargs: None)
-    assert dicom.read_header(path) == quick
-    assert quick.position[2] == 2.5 and quick.instance_number == 7 and quick.slope == 2.0
-
-
-def test_file_without_preamble_uses_the_pydicom_path(tmp_path):
-    import pydicom
-
-    path = write_ct_slice(tmp_path / "1.dcm", phantom_volume(1)[0], 1.0, 1, "1.2.3")
-    ds = pydicom.dcmread(path)
-    del ds.file_meta
-    ds.preamble = None
-    ds.save_as(path, enforce_file_format=False, implicit_vr=True, little_endian=True)
-    with open(path, "rb") as handle:
-        assert dicom.scan_header(handle, path.stat().st_size, dicom.HEADER_TAGS.values()) is None
-    header = dicom.read_header(path)
-    assert header.transfer_syntax == ImplicitVRLittleEndian and header.series_uid == "1.2.3"
-    np.testing.assert_array_equal(DICOMSeries.open([path]).read_stored()[0], phantom_volume(1)[0])
