@@ -61,6 +61,29 @@ def metric_key(split: str, metric: str) -> str:
     return f"{split}_{metric}"
 
 
+def true_key(split: str, metric: str) -> str:
+    """``{split}_{metric}_true``: the metric against the phantom's true tamper extents."""
+    return f"{split}_{metric}{TRUE_SUFFIX}"
+
+
+def ci_keys(key: str) -> tuple[str, str]:
+    """The ``_ci_low`` / ``_ci_high`` keys of a logged metric key (e.g. ``test_auc_true``)."""
+    return f"{key}{CI_LOW_SUFFIX}", f"{key}{CI_HIGH_SUFFIX}"
+
+
+# Breakdowns (after the `{split}_` prefix; issue 12): recall over the fakes of one tamper type, and
+# the share of real slices of one kind called fake. Absent where a split holds none of that kind.
+RECALL_BY_TYPE = {"recall_fm": "FM", "recall_fb": "FB"}
+FPR_BY_TYPE = {"fpr_tm": "TM", "fpr_tb": "TB"}
+FPR_LIDC = "fpr_lidc"  # LIDC negatives (manifest source `lidc`) called fake
+SOURCE_CTGAN = "ctgan"
+SOURCE_LIDC = "lidc"
+LABEL_NOISE = "label_noise"  # share of ±radius-labelled fakes not truly tampered (phantom only)
+# Series-level metrics of a split grouped by scan (same verdict rule as `medfake scan`).
+SCAN_METRICS = ("scan_auc", "scan_detection_rate", "scan_false_alarm_rate", "scan_z_iou")
+SCAN_GROUPED_SPLITS = ("by_scan", "by_experiment")  # data.split values that keep a scan in one split
+
+
 # -- CT-GAN label types (labels_exp*.csv column `type`) -------------------------------------
 LABEL_TYPES = {
     "TB": "true benign: no cancer there, untouched",

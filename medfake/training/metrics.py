@@ -228,11 +228,18 @@ def bootstrap_ci(
     if n_resamples < 1 or not 0.0 < level < 1.0:
         raise ValueError(f"need n_resamples >= 1 and 0 < level < 1, got {n_resamples}, {level}")
     strata = [np.flatnonzero(labels == value) for value in (1, 0)]
-    strata = [stratum for stratum in strata if stratum.size]
+    # A class of one slice resamples to itself: it joins every resample unchanged (scipy's
+    # bootstrap refuses one-observation samples).
+    fixed = np.concatenate([stratum for stratum in strata if stratum.size == 1] or [np.zeros(0, np.intp)])
+    strata = [stratum for stratum in strata if stratum.size > 1]
+    if not strata:
+        value = metrics_from_indices(labels, scores, np.arange(labels.size), threshold)
+        return {name: (math.nan, math.nan) if np.isnan(v) else (float(v), float(v)) for name, v in zip(METRICS, value)}
 
     def statistic(*samples, axis=-1):
         leading = np.broadcast_shapes(*(sample.shape[:-1] for sample in samples))
         parts = [np.broadcast_to(sample, (*leading, sample.shape[-1])) for sample in samples]
+        parts.append(np.broadcast_to(fixed, (*leading, fixed.size)))
         return metrics_from_indices(labels, scores, np.concatenate(parts, axis=-1), threshold)
 
     point = statistic(*strata)

@@ -22,6 +22,8 @@ from medfake.core.contract import BASELINE
 from medfake.core.config import Config, add_config_arguments, config_from_args
 from medfake.data.preprocess import Dataset, ensure_dataset
 from medfake.core.errors import UserError
+from medfake.training.evaluation import EvalSettings, evaluate_and_log, split_rows
+from medfake.training.model_logging import latency, log_detector_model
 
 
 CHECKPOINT_ROOT = Path(".medfake") / "checkpoints"
@@ -108,8 +110,8 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     t0 = time.perf_counter()
     if cfg.train.feature_cache:
         extractor = det.feature_extractor(model)
-        feats_train = fitting.predict_images(extractor, _rows(images, train_rows), batch)
-        feats_val = fitting.predict_images(extractor, _rows(images, val_rows), batch)
+        feats_train = fitting.predict_images(extractor, split_rows(images, train_rows), batch)
+        feats_val = fitting.predict_images(extractor, split_rows(images, val_rows), batch)
         timings["feature_cache_seconds"] = time.perf_counter() - t0
         head = det.head_model(backbone.feature_width, cfg.model.head_units, cfg.model.dropout, precision=precision)
         det.copy_head_weights(model, head)
@@ -131,7 +133,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
             return fitting.image_batches(images, train_rows[order], y_train[order], batch), None
 
         def phase1_val():
-            return fitting.predict_images(model, _rows(images, val_rows), batch)
+            return fitting.predict_images(model, split_rows(images, val_rows), batch)
 
     if cfg.train.feature_cache:
         # Same batches as the naive fit: x already in epoch order, fit must not reshuffle.
@@ -167,7 +169,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
 
         state2 = fitting.run_phase(
             model, 2, cfg.train.phase2_epochs, phase2_data,
-            lambda: fitting.predict_images(model, _rows(images, val_rows), batch), y_val,
+            lambda: fitting.predict_images(model, split_rows(images, val_rows), batch), y_val,
             on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints, progress=progress,
         )
     timings["phase2_seconds"] = time.perf_counter() - t1
@@ -180,11 +182,6 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         "model": model, "precision": precision, "jit": jit, "weights_used": weights_used,
         "timings": timings, "states": [state1, state2],
     }
-
-
-def _rows(images, rows: np.ndarray):
-    """Rows of the memmap as an int16 array (a copy of only those rows)."""
-    return np.asarray(images[np.sort(rows)])[np.argsort(np.argsort(rows))] if len(rows) else images[:0]
 
 
 def _batched(x: np.ndarray, y: np.ndarray, batch: int):
@@ -202,100 +199,6 @@ def _batched(x: np.ndarray, y: np.ndarray, batch: int):
             return x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch, None]
 
     return _Ordered(), None
-
-
-# -- evaluation and logging ---------------------------------------------------------------
-def evaluate_and_log(plan: Plan, dataset: Dataset, score_fn, embed_fn, artifacts: Path, progress: bool) -> dict:
-    """Metrics on every split, CIs on test, plots, predictions and the latent space."""
-    import mlflow
-
-    from medfake.training import embeddings as emb
-    from medfake.training import metrics as mt
-    from medfake.core import plots
-
-    cfg = plan.cfg
-    results = {}
-    m = dataset.manifest
-    for split in ("train", "val", "test"):
-        rows = m.index[m["split"] == split].to_numpy()
-        if len(rows) == 0:
-            continue
-        y = m.loc[rows, "label"].to_numpy(np.int64)
-        scores = score_fn(_rows(dataset.images, rows))
-        values = mt.binary_metrics(y, scores, cfg.eval.threshold)
-        results[split] = (y, scores, values, rows)
-        logged = mt.mlflow_metrics(split, {k: values[k] for k in (*mt.METRICS, "loss")})
-        mlflow.log_metrics({k: v for k, v in logged.items() if np.isfinite(v)})
-    if "test" not in results:
-        raise UserError("the dataset has no test slices; use more scans or other split_fractions")
-    y, scores, values, rows = results["test"]
-    ci = mt.bootstrap_ci(y, scores, cfg.eval.threshold, cfg.eval.bootstrap_samples, cfg.eval.ci_level, seed=cfg.seed)
-    mlflow.log_metrics({k: v for k, v in mt.ci_metrics("test", ci).items() if np.isfinite(v)})
-    mlflow.log_metric("test_ece", values["ece"])
-    for key in ("tp", "fp", "tn", "fn"):
-        mlflow.log_metric(f"test_{key}", float(values[key]))
-
-    plots_dir = artifacts / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{plan.model} (seed {cfg.seed})"
-    plots.confusion_matrix_plot(values["tp"], values["fp"], values["tn"], values["fn"], plots_dir / "confusion_matrix.png", title)
-    plots.roc_plot({plan.model: (y, scores)}, plots_dir / "roc.png")
-    plots.score_histogram(y, scores, plots_dir / "score_histogram.png", cfg.eval.threshold)
-
-    pred = m.loc[rows, ["scan_id", "source", "slice", "label", "label_type"]].copy()
-    pred["score"] = scores
-    pred["predicted"] = (scores >= cfg.eval.threshold).astype(int)
-    (artifacts / "predictions").mkdir(exist_ok=True)
-    # Nine significant digits: an undertrained detector's scores can all sit below 1e-6, and rounding
-    # them to fixed decimals would tie them and change the AUC a report recomputes from this file.
-    pred.to_csv(artifacts / "predictions" / "test.csv", index=False, float_format="%.9g")
-
-    if embed_fn is not None:
-        vectors = embed_fn(_rows(dataset.images, rows))
-        (artifacts / "embeddings").mkdir(exist_ok=True)
-        emb.save_embeddings(artifacts / "embeddings" / "test.npz", vectors, y, scores, pred["scan_id"].to_numpy())
-        sep = emb.separability(vectors, y, seed=cfg.seed)
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in sep.items() if isinstance(v, (int, float)) and np.isfinite(v)})
-        predicted = pred["predicted"].to_numpy()
-        for method in ("tsne", "pca"):
-            points = emb.project_2d(vectors, method, seed=cfg.seed)
-            plots.embedding_map(points, y, predicted, plots_dir / f"embedding_{method}.png", f"{title}: {method.upper()} of the 256-d embedding")
-    return {split: r[2] for split, r in results.items()} | {"test_ci": ci}
-
-
-def _latency(predict_fn, batch: np.ndarray, steps: int) -> tuple[float, float]:
-    from medfake.core.device import measure_latency
-
-    return measure_latency(predict_fn, batch, steps=steps, warmup=2)
-
-
-def _model_requirements() -> list[str]:
-    """What a logged detector needs to load: keras and its backend (no medfake: built-in layers)."""
-    from importlib.metadata import version
-
-    import keras
-
-    backend = keras.backend.backend()
-    names = ["keras", {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)]
-    return [f"{name}=={version(name)}" for name in names]
-
-
-def log_detector_model(model, example: np.ndarray) -> None:
-    """The detector in the MLflow Keras flavour, with a signature and a scoring-server example.
-
-    The input example goes in as ``serving_input_example.json`` beside the model: MLflow's Keras
-    flavour fails when given ``input_example`` (mlflow/mlflow#16183, open in 3.17).
-    """
-    import json
-
-    import mlflow
-    from mlflow.models import infer_signature
-
-    probabilities = np.asarray(model.predict_on_batch(example), np.float32)
-    signature = infer_signature(example, probabilities)
-    # Requirements named here: MLflow's inference of them fails for Keras 3 and costs ~20 s.
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=_model_requirements())
-    mlflow.log_text(json.dumps({"inputs": example.tolist()}), "serving_input_example.json")
 
 
 # -- the step -------------------------------------------------------------------------------
@@ -386,9 +289,10 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
     def embed_fn(images):
         return fitting.predict_images(embedder, images, batch)
 
-    evaluation = evaluate_and_log(plan, dataset, score_fn, embed_fn, artifacts, progress)
+    evaluation = evaluate_and_log(dataset, score_fn, EvalSettings.from_config(cfg), artifacts,
+                                  title=_title(plan), embed_fn=embed_fn)
     example = np.asarray(dataset.images[:batch], np.float32)[..., None]
-    mean_ms, std_ms = _latency(model.predict_on_batch, example, cfg.eval.latency_steps)
+    mean_ms, std_ms = latency(model.predict_on_batch, example, cfg.eval.latency_steps)
     states = [s for s in result["states"] if s is not None]
     efficiency = {
         "params_m": det.count_params_m(model),
@@ -423,9 +327,9 @@ def _train_baseline(plan: Plan, dataset: Dataset, artifacts: Path, progress: boo
     def score_fn(images):
         return baseline.predict(model, np.asarray(images, np.float32))
 
-    evaluation = evaluate_and_log(plan, dataset, score_fn, None, artifacts, progress)
+    evaluation = evaluate_and_log(dataset, score_fn, EvalSettings.from_config(cfg), artifacts, title=_title(plan))
     example = np.asarray(dataset.images[: cfg.train.batch_size], np.float32)
-    mean_ms, std_ms = _latency(lambda b: baseline.predict(model, b), example, cfg.eval.latency_steps)
+    mean_ms, std_ms = latency(lambda b: baseline.predict(model, b), example, cfg.eval.latency_steps)
     efficiency = {
         "params_m": baseline.count_params(model) / 1e6,
         "latency_ms_mean": mean_ms,
@@ -439,18 +343,32 @@ def _train_baseline(plan: Plan, dataset: Dataset, artifacts: Path, progress: boo
     return {"evaluation": evaluation, "efficiency": efficiency, "precision": "float64", "weights": "none"}
 
 
+def _title(plan: Plan) -> str:
+    return f"{plan.model} (seed {plan.cfg.seed})"
+
+
 def print_summary(summary: dict, cfg: Config) -> None:
-    """The end-of-run table: test metrics with CIs, timings, where to look."""
+    """The end-of-run table: test metrics with CIs (and against the truth), timings, where to look."""
     from medfake.training.metrics import METRICS
 
     ev = summary["evaluation"]
-    test, ci = ev["test"], ev["test_ci"]
+    test = ev["test"]
+    val = ev["val"].values if "val" in ev else {}
     level = int(round(cfg.eval.ci_level * 100))
-    print(f"\n{summary['model']} — test set ({int(test['tp'] + test['fp'] + test['tn'] + test['fn'])} slices), {level}% bootstrap CI")
+    truth = "   true label" if test.has_truth else ""
+    print(f"\n{summary['model']} — test set ({len(test.predictions)} slices), {level}% bootstrap CI{truth}")
+    nan = (float("nan"), float("nan"))
     for name in METRICS:
-        low, high = ci.get(name, (float("nan"), float("nan")))
-        val = ev.get("val", {}).get(name, float("nan"))
-        print(f"  {name:<12} {test[name]:.4f}  [{low:.4f}, {high:.4f}]   (val {val:.4f})")
+        low, high = test.ci.get(name, nan)
+        line = f"  {name:<12} {test.values[name]:.4f}  [{low:.4f}, {high:.4f}]   (val {val.get(name, float('nan')):.4f})"
+        if test.has_truth:
+            line += f"   {test.true_values[name]:.4f}"
+        print(line)
+    for name, value in test.breakdown.items():
+        low, high = test.breakdown_ci.get(name, nan)
+        print(f"  {name:<12} {value:.4f}  [{low:.4f}, {high:.4f}]")
+    if test.label_noise is not None:
+        print(f"  label noise  {test.label_noise:.4f} of the ±radius fakes are not truly tampered")
     eff = summary["efficiency"]
     print(
         f"  params {eff['params_m']:.2f} M · inference {eff['latency_ms_mean']:.1f} ± {eff['latency_ms_std']:.1f} ms/step"

@@ -279,3 +279,15 @@ def test_delong_variance_matches_a_direct_computation():
     covariance = np.cov([v10_a, v10_b]) / positives.sum() + np.cov([v01_a, v01_b]) / negatives.sum()
     z = (v10_a.mean() - v10_b.mean()) / math.sqrt(covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1])
     assert metrics.delong_auc_test(labels, first, second)[2] == pytest.approx(z, rel=1e-9)
+
+
+def test_bootstrap_ci_with_a_one_slice_class():
+    from medfake.training.metrics import bootstrap_ci
+
+    y = np.array([1, 0, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.1, 0.6, 0.2, 0.3, 0.4])
+    ci = bootstrap_ci(y, scores, n_resamples=100, seed=0)
+    assert ci["recall"] == (1.0, 1.0)  # the one fake is always in the resample, always found
+    assert ci["specificity"][0] <= 0.8 <= ci["specificity"][1]
+    single = bootstrap_ci(np.array([1]), np.array([0.7]), n_resamples=10)
+    assert single["recall"] == (1.0, 1.0) and np.isnan(single["auc"][0])
