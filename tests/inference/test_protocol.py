@@ -1,0 +1,97 @@
+"""Scan's verdict rule pinned: a series is suspicious when at least ``min_slices`` consecutive
+slices score P(fake) ≥ threshold (README "scan"; defaults 0.5 and 2), and the series-level rates."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from medfake.inference import scan
+from medfake.training import verdict
+
+
+def test_scan_cli_defaults_are_threshold_one_half_and_two_slices():
+    parser = argparse.ArgumentParser()
+    scan.add_arguments(parser)
+    defaults = {action.dest: action.default for action in parser._actions}
+    assert defaults["threshold"] == 0.5 and defaults["min_slices"] == 2
+    assert (verdict.DEFAULT_THRESHOLD, verdict.DEFAULT_MIN_SLICES) == (0.5, 2)
+
+
+@pytest.mark.parametrize(
+    "scores, min_slices, suspicious",
+    [
+        ([0.1, 0.6, 0.2, 0.7, 0.1], 2, False),        # two slices over, never consecutive
+        ([0.1, 0.6, 0.7, 0.2], 2, True),              # exactly min_slices consecutive
+        ([0.5, 0.5], 2, True),                        # a score equal to the threshold counts (≥)
+        ([0.4999, 0.9, 0.4999], 2, False),
+        ([0.9, 0.9, 0.1, 0.9, 0.9], 3, False),        # 2 + 2 are not 3 consecutive
+        ([0.1, 0.9, 0.9, 0.9], 3, True),              # a run that ends at the last slice
+        ([0.9, 0.9, 0.9, 0.1], 3, True),              # a run that starts at the first slice
+        ([0.9], 1, True),
+        ([0.9], 2, False),
+        ([0.0, 0.0, 0.0], 1, False),
+    ],
+)
+def test_suspicious_needs_min_slices_consecutive_scores_at_or_over_the_threshold(scores, min_slices, suspicious):
+    result = verdict.series_verdict(scores, threshold=0.5, min_slices=min_slices)
+    assert result.suspicious is suspicious
+    assert result.label == ("suspicious" if suspicious else "clean")
+
+
+def test_verdict_ranges_peak_and_flagged_slices():
+    result = verdict.series_verdict([0.2, 0.8, 0.1, 0.6, 0.95, 0.7, 0.3], threshold=0.5, min_slices=2)
+    assert result.ranges == ((1, 1), (3, 5))
+    assert result.counts == (False, True)
+    assert (result.max_position, result.max_score) == (4, pytest.approx(0.95))
+    assert result.flagged() == [(3, 5)]
+    assert result.flagged([100, 101, 102, 103, 104, 105, 106]) == [(103, 105)]
+    with pytest.raises(ValueError):
+        verdict.series_verdict([], threshold=0.5, min_slices=2)
+
+
+def test_threshold_moves_the_verdict():
+    scores = [0.55, 0.58, 0.2]
+    assert verdict.series_verdict(scores, threshold=0.5, min_slices=2).suspicious
+    assert not verdict.series_verdict(scores, threshold=0.56, min_slices=2).suspicious
+    assert verdict.suspicious_ranges(np.array(scores), 0.58) == [(1, 1)]
+
+
+def test_rule_in_words_names_both_numbers():
+    assert verdict.verdict_rule(0.5, 2) == "suspicious when at least 2 consecutive slices score P(fake) ≥ 0.5; clean otherwise"
+    assert verdict.verdict_rule(0.7, 1) == "suspicious when at least 1 consecutive slice score P(fake) ≥ 0.7; clean otherwise"
+
+
+def test_scan_level_rates_and_auc_by_hand():
+    tampered = [True, True, True, False, False]
+    suspicious = [True, False, True, True, False]
+    level = verdict.scan_level(tampered, suspicious, max_scores=[0.9, 0.4, 0.8, 0.6, 0.1])
+    assert (level["series"], level["tampered"], level["untampered"]) == (5, 3, 2)
+    assert (level["detected"], level["false_alarms"]) == (2, 1)
+    assert level["detection_rate"] == pytest.approx(2 / 3)
+    assert level["false_alarm_rate"] == pytest.approx(1 / 2)
+    assert level["auc"] == pytest.approx(5 / 6)  # tampered maxima over untampered: 2 + 1 + 2 of 6 pairs
+    only_tampered = verdict.scan_level([True, True], [True, False], max_scores=[0.9, 0.2])
+    assert only_tampered["false_alarm_rate"] is None and only_tampered["auc"] is None
+    assert only_tampered["detection_rate"] == 0.5
+    assert verdict.scan_level([False], [True])["detection_rate"] is None
+    with pytest.raises(ValueError):
+        verdict.scan_level([True, False], [True])
+    with pytest.raises(ValueError):
+        verdict.scan_level([True, False], [True, False], max_scores=[0.3])
+
+
+def test_scan_metrics_names_and_absent_when_undefined():
+    logged = verdict.scan_metrics([True, False], [True, True], [0.9, 0.8], ious=[0.5, 0.25])
+    assert logged == {"scan_auc": 1.0, "scan_detection_rate": 1.0, "scan_false_alarm_rate": 1.0,
+                      "scan_mean_iou": pytest.approx(0.375)}
+    assert verdict.scan_metrics([True], [False], [0.2]) == {"scan_detection_rate": 0.0}
+
+
+def test_z_iou_and_tamper_hits_by_hand():
+    assert verdict.slice_set([(3, 5), (9, 8)]) == {3, 4, 5, 8, 9}
+    assert verdict.z_iou([(10, 14)], [(12, 16)]) == pytest.approx(3 / 7)
+    assert verdict.z_iou([], []) == 1.0 and verdict.z_iou([(1, 1)], []) == 0.0
+    assert verdict.tamper_hits([(10, 12)], [(12, 20), (13, 20), (1, 10)]) == 2
