@@ -13,6 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
+from medfake.study import generalisation
 from medfake.study import select as sel
 from medfake.models import published as study
 from medfake.core import tracking
@@ -260,6 +261,7 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
     sel.ranking_frame(selection).to_csv(tables / "table_a1.csv", index=False)
     results.table2.to_csv(tables / "table2.csv", index=False)
     table3.to_csv(tables / "table3.csv", index=False)
+    generalised = generalisation.write_section([(e.model, runs_by_id[e.run_id]) for e in selection.ranked], tables)
     results.correlation_all.to_csv(tables / "correlation_all.csv")
     results.correlation_top.to_csv(tables / "correlation_top.csv")
     results.significance.to_csv(tables / "significance.csv", index=False)
@@ -271,12 +273,13 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
     params = {key: reference_params.get(key, "?") for key in CONTEXT_PARAMS}
     devices = sorted({run.data.tags.get("medfake.device", "") for run in runs_by_id.values()} - {""})
     text = readme(experiment, selection, results, table1, table3, params, devices, figures,
-                  select_run.info.run_id if select_run is not None else None)
+                  select_run.info.run_id if select_run is not None else None, generalised)
     (out / "README.md").write_text(text)
     return out / "README.md"
 
 
-def readme(experiment, selection, results, table1, table3, params, devices, figures, select_run_id) -> str:
+def readme(experiment, selection, results, table1, table3, params, devices, figures, select_run_id,
+           generalised: str = "") -> str:
     synthetic = params.get("data.source") == "phantom"
     kept = len(selection.kept)
     lines = [f"# Study reproduction: experiment `{experiment}`", ""]
@@ -317,6 +320,7 @@ def readme(experiment, selection, results, table1, table3, params, devices, figu
         "DeLong's test on the AUCs of each pair's screen runs; Holm-adjusted p in brackets.", "",
         (sel.significance_markdown(results.significance) if len(results.significance)
          else "Fewer than two models with predictions.\n"),
+        *([generalised] if generalised else []),
         "## Figures", "",
     ]
     captions = [
