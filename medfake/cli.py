@@ -15,7 +15,7 @@ from medfake.core.errors import UserError
 
 # subcommand → (module, one-line help). Adding a step is one entry.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("medfake.data.phantom", "write a synthetic CT phantom in the CT-GAN and LIDC-IDRI layouts"),
+    "synth": ("medfake.data.synth", "write a synthetic CT phantom in the CT-GAN and LIDC-IDRI layouts"),
     "inspect": ("medfake.io.inspect", "summarise a DICOM file or series folder and the problems found"),
     "preprocess": ("medfake.data.preprocess", "build the balanced slice dataset of a config (cached, logged)"),
     "backbones": ("medfake.models.backbones", "list the backbone registry (params, min size, weights cached)"),

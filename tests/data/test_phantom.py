@@ -22,9 +22,11 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medfake.cli import main
-from medfake.data import phantom
 from medfake.core.errors import UserError
+from medfake.data import phantom
+from medfake.data.phantom.anatomy import cube_size, make_anatomy
+from medfake.data.phantom.render import render_vessels, synthesize_scan
+from medfake.data.phantom.tamper import Tamper, checkerboard, tamper
 
 SCAN_DIRS = {"exp1": "CT_Scans/EXP1_blind", "exp2": "CT_Scans/EXP2_open"}
 
@@ -185,7 +187,7 @@ def test_truth_matches_labels(small):
     expected = set()
     for t in tampers:
         assert int(t["z_first"]) <= int(t["slice"]) == int(t["z"]) <= int(t["z_last"])
-        assert int(t["half_size"]) == phantom.cube_size(64) // 2 == 6
+        assert int(t["half_size"]) == cube_size(64) // 2 == 6
         for z in range(int(t["z_first"]), int(t["z_last"]) + 1):
             h = int(t["half_size"])
             x, y = int(t["x"]), int(t["y"])
@@ -218,8 +220,8 @@ def _lung_fraction(image: np.ndarray) -> float:
 
 
 def test_anatomy_varies_along_z():
-    anatomy = phantom.make_anatomy(11, size=64, slices=48)
-    volume = phantom.synthesize_scan(anatomy)
+    anatomy = make_anatomy(11, size=64, slices=48)
+    volume = synthesize_scan(anatomy)
     lung_air = np.array([_lung_fraction(image) for image in volume])
     assert lung_air[:3].max() < 0.02, "neck: no lungs"
     assert lung_air[-3:].max() < 0.02, "abdomen: no lungs"
@@ -230,8 +232,8 @@ def test_anatomy_varies_along_z():
 
 
 def test_vessels_are_continuous_along_z():
-    anatomy = phantom.make_anatomy(5, size=128, slices=120)
-    fields = [phantom._render_vessels(anatomy, k * anatomy.geometry.slice_mm, anatomy.geometry.coordinates_mm)
+    anatomy = make_anatomy(5, size=128, slices=120)
+    fields = [render_vessels(anatomy, k * anatomy.geometry.slice_mm, anatomy.geometry.coordinates_mm)
               for k in (60, 61, 70)]
     near = np.corrcoef(fields[0].ravel(), fields[1].ravel())[0, 1]
     far = np.corrcoef(fields[0].ravel(), fields[2].ravel())[0, 1]
@@ -275,7 +277,7 @@ def test_whole_slice_histogram_cannot_find_tampers(small):
 def _checker_response(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> float:
     """Median of (4-neighbour high-pass × period-2 checkerboard) in a box: a local, robust feature."""
     highpass = image - (np.roll(image, 1, 0) + np.roll(image, -1, 0) + np.roll(image, 1, 1) + np.roll(image, -1, 1)) / 4
-    return float(np.median(highpass[y0:y1, x0:x1] * phantom.checkerboard(range(y0, y1), range(x0, x1))))
+    return float(np.median(highpass[y0:y1, x0:x1] * checkerboard(range(y0, y1), range(x0, x1))))
 
 
 def test_local_feature_sees_the_tamper(small):
@@ -297,11 +299,11 @@ def test_local_feature_sees_the_tamper(small):
 
 
 def test_tamper_changes_only_its_cube():
-    anatomy = phantom.make_anatomy(2, size=64, slices=40)
-    volume = phantom.synthesize_scan(anatomy)
-    spec = phantom.Tamper(kind="FM", slice=20, row=30, col=20, z_first=17, z_last=25, half_size=6,
+    anatomy = make_anatomy(2, size=64, slices=40)
+    volume = synthesize_scan(anatomy)
+    spec = Tamper(kind="FM", slice=20, row=30, col=20, z_first=17, z_last=25, half_size=6,
                           nodule_radius_px=0.0, texture_sigma=anatomy.noise_sigma, seed=1)
-    out = phantom.tamper(volume, spec)
+    out = tamper(volume, spec)
     changed = np.argwhere(out != volume)
     assert changed[:, 0].min() >= 17 and changed[:, 0].max() <= 25
     assert changed[:, 1].min() >= 24 and changed[:, 1].max() < 36
@@ -309,7 +311,7 @@ def test_tamper_changes_only_its_cube():
     inside, before = out[17:26, 27:33, 17:23], volume[17:26, 27:33, 17:23]
     assert abs(inside.mean() - before.mean()) < 15  # the texture swap keeps the level ...
     assert 0.5 < inside.std() / before.std() < 2.5  # ... and roughly the spread
-    with_nodule = phantom.tamper(volume, phantom.Tamper("FM", 20, 30, 20, 17, 25, 6, nodule_radius_px=2.5,
+    with_nodule = tamper(volume, Tamper("FM", 20, 30, 20, 17, 25, 6, nodule_radius_px=2.5,
                                                         nodule_hu=60.0, seed=1))
     assert with_nodule[20, 30, 20] > volume[20, 30, 20] + 300  # a nodule appeared in lung
 
@@ -333,31 +335,3 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="not a phantom folder"):
         phantom.write_phantom(tmp_path, scans=2, lidc_scans=0, size=32, slices=32)
     assert (tmp_path / "notes.txt").read_text() == "mine"
-
-
-def test_synth_cli_writes_summary(tmp_path, capsys):
-    out = tmp_path / "cli"
-    argv = ["synth", "--out", str(out), "--scans", "2", "--lidc-scans", "1", "--size", "32", "--slices", "32"]
-    assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert "CT-GAN-style scans" in printed and str(out / "truth") in printed
-    assert "PHANTOM^" not in printed and "Phantom General Hospital" not in printed
-    assert main(argv) == 0
-    assert "nothing regenerated" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    ("flag", "value"),
-    [("--size", "16"), ("--scans", "1"), ("--slices", "8"), ("--lidc-scans", "-1"), ("--seed", "-3")],
-)
-def test_synth_cli_bad_arguments_exit_2(tmp_path, capsys, flag, value):
-    assert main(["synth", "--out", str(tmp_path / "x"), flag, value]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("medfake synth: error:") and flag in err and "\n" not in err
-    assert not (tmp_path / "x").exists()
-
-
-def test_synth_cli_bad_layout_exit_2(tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        main(["synth", "--out", str(tmp_path / "x"), "--layout", "weird"])
-    assert exc.value.code == 2
