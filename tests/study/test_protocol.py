@@ -1,0 +1,113 @@
+"""The study's selection protocol pinned (DESIGN §2, study section 5): rank by H (harmonic mean of
+accuracy, F1, specificity), keep the top six, two more runs of each with seeds screen seed + 1
+and + 2 (README "select"), mean ± sample std over the three runs (Table 2)."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from medfake.core.config import load_config
+from medfake.core.contract import BASELINE
+from medfake.models import published as study
+from medfake.study import select as sel
+
+# The functions under test, named once (the one place to change if they move out of select.py).
+rank_models = sel.rank_models
+repeat_jobs = sel.repeat_jobs
+aggregate = sel.aggregate
+
+
+def _run(model: str, accuracy: float, f1: float, specificity: float, seed: int = 42, split: str = "test"):
+    """A stand-in for an MLflow screen run: what the ranking reads."""
+    metrics = {f"{split}_accuracy": accuracy, f"{split}_f1": f1, f"{split}_specificity": specificity}
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=f"run-{model}", run_name=f"{model}-s{seed}"),
+        data=SimpleNamespace(metrics=metrics, params={"model": model, "seed": str(seed)},
+                             tags={"medfake.model": model, "medfake.config_digest": "c" * 16}),
+    )
+
+
+def _study_screen(split: str = "test"):
+    return [_run(m, row["accuracy"], row["f1"], row["specificity"], split=split) for m, row in study.TABLE1.items()]
+
+
+def test_defaults_keep_six_and_repeat_each_twice():
+    parameters = inspect.signature(sel.select).parameters
+    assert parameters["top_k"].default == 6 and parameters["repeats"].default == 2
+    parser = argparse.ArgumentParser()
+    sel.add_selection_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.top_k, args.repeats, args.rank_on) == (6, 2, "val")
+
+
+def test_ranking_the_studys_table_1_by_h_keeps_its_top_six():
+    selection = rank_models(_study_screen(), "test", 6)
+    assert [e.model for e in selection.kept] == sorted(study.TOP_SIX, key=lambda m: -study.TABLE_A1[m])
+    assert len(selection.kept) == 6 and len(selection.ranked) == 13
+    for entry in selection.ranked:
+        assert entry.h == pytest.approx(study.TABLE_A1[entry.model], abs=6e-5)
+        assert entry.h == pytest.approx(3 / (1 / entry.accuracy + 1 / entry.f1 + 1 / entry.specificity), abs=1e-12)
+    assert [e.rank for e in selection.ranked] == list(range(1, 14))
+    assert all(a.h >= b.h for a, b in zip(selection.ranked, selection.ranked[1:]))
+    assert not selection.warnings
+
+
+def test_ranking_is_by_h_not_by_accuracy_or_f1_alone():
+    # A: best accuracy and F1, poor specificity; B: balanced. H keeps B first.
+    runs = [_run("A", 0.95, 0.95, 0.50), _run("B", 0.90, 0.90, 0.90), _run("C", 0.80, 0.80, 0.80)]
+    selection = rank_models(runs, "test", 2)
+    assert [e.model for e in selection.ranked] == ["B", "C", "A"]
+    assert [e.model for e in selection.kept] == ["B", "C"]
+
+
+def test_ties_break_by_name_and_the_baseline_is_ranked_but_never_kept():
+    runs = [_run("Zeta", 0.9, 0.9, 0.9), _run("Alpha", 0.9, 0.9, 0.9), _run(BASELINE, 0.99, 0.99, 0.99),
+            _run("Mid", 0.8, 0.8, 0.8)]
+    selection = rank_models(runs, "test", 2)
+    assert [e.model for e in selection.ranked] == [BASELINE, "Alpha", "Zeta", "Mid"]
+    assert [e.model for e in selection.kept] == ["Alpha", "Zeta"]
+    assert [e.kept for e in selection.ranked] == [False, True, True, False]
+    few = rank_models(runs, "test", 6)
+    assert len(few.kept) == 3 and any("fewer than --top-k 6" in w for w in few.warnings)
+
+
+def test_ranking_reads_the_chosen_split_and_skips_runs_without_it():
+    runs = [_run("A", 0.9, 0.9, 0.9, split="val"), _run("B", 0.8, 0.8, 0.8, split="val"),
+            _run("C", 0.99, 0.99, 0.99, split="test")]
+    selection = rank_models(runs, "val", 6)
+    assert [e.model for e in selection.ranked] == ["A", "B"]
+    assert any("run-C" in w and "val_accuracy" in w for w in selection.warnings)
+
+
+def test_two_repeats_per_kept_model_with_seeds_screen_seed_plus_one_and_two(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("paper")
+    assert cfg.seed == 42
+    monkeypatch.setitem(repeat_jobs.__globals__, "screen_config", lambda run_id: cfg)
+    selection = rank_models(_study_screen(), "test", 6)
+    jobs, warnings = repeat_jobs(selection, 2, parent="select-run")
+    assert not [w for w in warnings if "digest" not in w]
+    assert len(jobs) == 12
+    by_model: dict[str, list[int]] = {}
+    for job in jobs:
+        by_model.setdefault(job.model, []).append(job.seed)
+        assert job.stage == "repeat" and job.parent == "select-run"
+        assert job.run_name == f"{job.model}-s{job.seed}"
+        assert job.config_digest == cfg.replace(seed=job.seed).digest()
+    assert by_model == {model: [43, 44] for model in study.TOP_SIX}
+    assert repeat_jobs(selection, 0)[0] == []
+
+
+def test_table_2_is_mean_and_sample_std_over_the_three_runs():
+    frame = aggregate({"M": [{"test_accuracy": 0.90}, {"test_accuracy": 0.92}, {"test_accuracy": 0.97}],
+                       "One": [{"test_accuracy": 0.5, "val_accuracy": 0.1}]})
+    row = frame[(frame["model"] == "M") & (frame["metric"] == "test_accuracy")].iloc[0]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(0.93)
+    assert row["std"] == pytest.approx(math.sqrt(((0.03) ** 2 + (0.01) ** 2 + (0.04) ** 2) / 2))  # ddof = 1
+    one = frame[frame["model"] == "One"]
+    assert list(one["metric"]) == ["test_accuracy"] and math.isnan(one.iloc[0]["std"])
