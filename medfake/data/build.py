@@ -1,0 +1,405 @@
+"""The study's balanced slice dataset (section 3.2): which slices, which split, and the cached build.
+
+Fakes are the FB/FM-labelled CT-GAN slices ± ``slice_radius`` (the study's rule, which also
+takes in untampered neighbours: on the phantom the label noise is measured). Negatives are random
+LIDC-IDRI slices (the study) or matched ones: untampered TB/TM-labelled slices ± radius of the same
+CT-GAN scans, topped up from LIDC at matching relative z. Only the slices selected are decoded.
+The output folder is named by the dataset digest and appears only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medfake.core.config import Config, data_root
+from medfake.core.errors import UserError
+from medfake.data import ctgan, lidc
+from medfake.data.phantom import ensure_phantom
+from medfake.data.splits import assign_splits
+from medfake.io.privacy import deidentify
+from medfake.io.transforms import resize
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = [
+    "row", "scan_id", "source", "slice", "position", "label", "split", "label_type", "provenance",
+    "relative_z", "truly_tampered",
+]
+
+
+@dataclass
+class Candidate:
+    """One slice that may enter the dataset (before decoding)."""
+
+    source: str          # "ctgan" | "lidc"
+    series_key: str      # key into the opened series (internal, never logged)
+    group: str           # de-identified scan id; by_scan splits never share one
+    position: int        # index in the series' sorted order
+    slice: int           # file number (CT-GAN) or position (LIDC): what a user opens
+    label: int           # 1 = fake (tampered), 0 = real
+    label_type: str      # FB, FM, TB, TM, lidc_random, lidc_matched_z
+    provenance: str      # e.g. "labels_exp1.csv row 12 (FM) offset -3"
+    relative_z: float    # position / (n_slices - 1)
+    truly_tampered: str = ""  # phantom ground truth: "1"/"0"; empty on real data
+
+
+@dataclass
+class Inputs:
+    """The data roots a config points at, and phantom truth when there is one."""
+
+    ctgan_root: Path
+    lidc_root: Path | None
+    truth_dir: Path | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Dataset:
+    """A built dataset: int16 HU slices (memory-mapped) and the manifest."""
+
+    path: Path
+    digest: str
+    manifest: pd.DataFrame
+    info: dict
+
+    @property
+    def images(self) -> np.ndarray:
+        return np.load(self.path / "images.npy", mmap_mode="r")
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """(HU images float32 (n,S,S,1), labels (n,), manifest rows) of one split."""
+        rows = self.manifest[self.manifest["split"] == name]
+        images = np.asarray(self.images[rows["row"].to_numpy()], dtype=np.float32)[..., None]
+        return images, rows["label"].to_numpy(dtype=np.int64), rows.reset_index(drop=True)
+
+
+def resolve_inputs(cfg: Config, progress: bool = True) -> Inputs:
+    """The CT-GAN and LIDC roots of the config; the phantom is written first when needed."""
+    data = cfg.data
+    if data.source == "phantom":
+        p = data.phantom
+        info = ensure_phantom(
+            Path(p.root), scans=p.scans, lidc_scans=p.lidc_scans, size=p.size, slices=p.slices,
+            seed=p.seed, progress=progress,
+        )
+        return Inputs(Path(info.ctgan_root), Path(info.lidc_root), Path(info.truth_dir))
+    ctgan = data_root(data.ctgan_root, "data.ctgan_root", "MEDFAKE_CTGAN_ROOT")
+    needs_lidc = data.negatives == "lidc_random" or data.lidc_root or os.environ.get("MEDFAKE_LIDC_ROOT")
+    lidc = data_root(data.lidc_root, "data.lidc_root", "MEDFAKE_LIDC_ROOT") if needs_lidc else None
+    return Inputs(ctgan, lidc)
+
+
+def _listing_hash(root: Path, hasher) -> None:
+    """Relative path and size of every file under root (cheap: no file is opened)."""
+    entries = []
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            full = os.path.join(folder, name)
+            entries.append(f"{os.path.relpath(full, root)}\t{os.path.getsize(full)}")
+    for entry in sorted(entries):
+        hasher.update(entry.encode())
+        hasher.update(b"\n")
+
+
+def dataset_digest(cfg: Config, inputs: Inputs) -> str:
+    """Hash of the data config and the inputs' file listings and label files."""
+    data = cfg.to_dict()["data"]
+    data.pop("cache_dir")
+    data.pop("window")  # applied inside the detector, not to the stored HU slices
+    if data["source"] == "real":
+        data.pop("phantom")
+    data.pop("ctgan_root")
+    data.pop("lidc_root")
+    h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
+    for csv in sorted(inputs.ctgan_root.rglob("labels_exp*.csv")):
+        h.update(csv.read_bytes())
+    _listing_hash(inputs.ctgan_root, h)
+    if inputs.lidc_root is not None:
+        _listing_hash(inputs.lidc_root, h)
+    return h.hexdigest()[:16]
+
+
+def cache_path(cfg: Config, digest: str) -> Path:
+    return Path(cfg.data.cache_dir) / digest
+
+
+def load_dataset(cfg_or_dir: Config | Path, digest: str | None = None) -> Dataset:
+    """Open a complete cached dataset by config + digest or by its folder."""
+    path = cache_path(cfg_or_dir, digest) if isinstance(cfg_or_dir, Config) else Path(cfg_or_dir)
+    info_file = path / "dataset.json"
+    if not info_file.is_file():
+        raise UserError(f"no complete dataset at {path} (run `medfake preprocess` first)")
+    info = json.loads(info_file.read_text())
+    manifest = pd.read_csv(path / "manifest.csv", dtype={"scan_id": str, "truly_tampered": str}, keep_default_na=False)
+    return Dataset(path, info["digest"], manifest, info)
+
+
+def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, progress: bool):
+    from tqdm import tqdm
+
+    labels = ctgan.read_labels(inputs.ctgan_root)
+    scans = ctgan.find_scans(inputs.ctgan_root)
+    truth = _phantom_truth(inputs.truth_dir)
+    radius = cfg.data.slice_radius
+    series_by_key, fakes, negatives = {}, {}, {}
+    keys = sorted({(e, u) for e, u in zip(labels["experiment"], labels["uuid"])})
+    for exp, uuid in tqdm(keys, desc="CT-GAN scans (headers)", unit="scan", disable=not progress):
+        if (exp, uuid) not in scans:
+            row = labels[(labels["experiment"] == exp) & (labels["uuid"] == uuid)]["csv_row"].iloc[0]
+            raise UserError(f"labels for {exp} row {row}: no scan folder for uuid '{uuid}'")
+        series = ctgan.open_scan(inputs.ctgan_root, exp, uuid)
+        scan_id = deidentify("ctgan", uuid)
+        key = f"ctgan/{exp}/{uuid}"
+        series_by_key[key] = series
+        warning = ctgan.check_file_order(series)
+        if warning:
+            inputs.problems.append(f"scan {scan_id}: {_scrub(warning, exp, uuid)}")
+        inputs.problems += [f"scan {scan_id}: {_scrub(p, exp, uuid)}" for p in series.problems]
+        inputs.problems += [f"scan {scan_id}: skipped {name}: {_scrub(r, exp, uuid)}" for name, r in series.skipped]
+        rows = labels[(labels["experiment"] == exp) & (labels["uuid"] == uuid)]
+        ctgan.validate_label_slices(rows, series)
+        n = len(series)
+        for row in rows.itertuples():
+            tampered = row.type in ("FB", "FM")
+            target = fakes if tampered else negatives
+            for offset in range(-radius, radius + 1):
+                file_number = int(row.slice) + offset
+                try:
+                    position = series.index_of_file_number(file_number)
+                except (KeyError, ValueError, IndexError):
+                    continue
+                if position is None:
+                    continue
+                ident = (key, position)
+                if ident in target and abs(offset) >= abs(int(target[ident].provenance.rsplit(" ", 1)[-1])):
+                    continue  # keep the provenance of the nearest label
+                target[ident] = Candidate(
+                    source="ctgan", series_key=key, group=scan_id, position=position, slice=file_number,
+                    label=int(tampered), label_type=row.type,
+                    provenance=f"{Path(row.csv_file).name} row {row.csv_row} ({row.type}) offset {offset:+d}",
+                    relative_z=position / max(n - 1, 1),
+                    truly_tampered=_truth_flag(truth, exp, uuid, file_number),
+                )
+    # A slice inside a tampered window is never a negative.
+    negatives = {k: v for k, v in negatives.items() if k not in fakes}
+    return series_by_key, list(fakes.values()), list(negatives.values())
+
+
+def _scrub(text: str, *names: str) -> str:
+    """Problem texts name files; keep only file names, never the folders above them."""
+    out = str(text)
+    for name in names:
+        out = out.replace(str(name), "…")
+    return out
+
+
+def _phantom_truth(truth_dir: Path | None) -> set | None:
+    if truth_dir is None or not (truth_dir / "slices.csv").is_file():
+        return None
+    table = pd.read_csv(truth_dir / "slices.csv", dtype={"uuid": str, "experiment": str})
+    return {
+        (ctgan.normalize_experiment(e), str(u), int(s)) for e, u, s in zip(table["experiment"], table["uuid"], table["slice"])
+    }
+
+
+def _truth_flag(truth: set | None, exp: str, uuid: str, file_number: int) -> str:
+    if truth is None:
+        return ""
+    return "1" if (str(exp), str(uuid), int(file_number)) in truth else "0"
+
+
+def _lidc_series(inputs: Inputs, progress: bool):
+    from tqdm import tqdm
+
+    refs = lidc.find_series(inputs.lidc_root)
+    opened = {}
+    for ref in tqdm(refs, desc="LIDC series (headers)", unit="series", disable=not progress):
+        try:
+            series = lidc.open_series(ref)
+        except UserError as exc:
+            inputs.problems.append(f"LIDC series {deidentify('lidc', ref.series_uid)} skipped: {exc}")
+            continue
+        opened[f"lidc/{ref.series_uid}"] = series
+    if not opened:
+        raise UserError(f"{inputs.lidc_root}: no readable CT series found")
+    return opened
+
+
+def _lidc_random(series: dict, count: int, rng: np.random.Generator, used: set) -> list[Candidate]:
+    """Slices drawn uniformly over all LIDC slices (the study's negatives)."""
+    keys = sorted(series)
+    lengths = np.array([len(series[k]) for k in keys])
+    total = int(lengths.sum())
+    if total - len(used) < count:
+        raise UserError(f"LIDC root has {total} slices, fewer than the {count} negatives needed")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    chosen: list[Candidate] = []
+    for flat in rng.permutation(total):
+        k = int(np.searchsorted(offsets, flat, side="right") - 1)
+        position = int(flat - offsets[k])
+        if (keys[k], position) in used:
+            continue
+        used.add((keys[k], position))
+        chosen.append(_lidc_candidate(keys[k], series[keys[k]], position, "lidc_random", "random LIDC slice"))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _lidc_matched_z(series: dict, targets: list[float], rng: np.random.Generator, used: set) -> list[Candidate]:
+    """For each target relative z, a random LIDC series' slice nearest to it."""
+    keys = sorted(series)
+    chosen = []
+    for z in targets:
+        for k in rng.permutation(len(keys)):
+            key = keys[int(k)]
+            n = len(series[key])
+            position = int(round(z * (n - 1)))
+            if (key, position) not in used:
+                used.add((key, position))
+                chosen.append(_lidc_candidate(key, series[key], position, "lidc_matched_z", f"LIDC top-up at z={z:.2f}"))
+                break
+        else:
+            raise UserError("not enough LIDC slices to top up the matched negatives")
+    return chosen
+
+
+def _lidc_candidate(key: str, series, position: int, label_type: str, provenance: str) -> Candidate:
+    n = len(series)
+    return Candidate(
+        source="lidc", series_key=key, group=deidentify("lidc", key), position=position, slice=position,
+        label=0, label_type=label_type, provenance=provenance, relative_z=position / max(n - 1, 1),
+    )
+
+
+def select_slices(cfg: Config, inputs: Inputs, progress: bool = True):
+    """All slices of the dataset (fakes then negatives) and the series they come from."""
+    rng = np.random.default_rng(cfg.data.seed)
+    series, fakes, negatives = _ctgan_candidates(cfg, inputs, rng, progress)
+    if not fakes:
+        raise UserError(f"{inputs.ctgan_root}: the labels name no FB/FM (tampered) slice")
+    fakes.sort(key=lambda c: (c.series_key, c.position))
+    negatives.sort(key=lambda c: (c.series_key, c.position))
+    need = len(fakes)
+    if cfg.data.negatives == "lidc_random":
+        lidc = _lidc_series(inputs, progress)
+        series.update(lidc)
+        chosen = _lidc_random(lidc, need, rng, set())
+    else:
+        if len(negatives) >= need:
+            idx = np.sort(rng.choice(len(negatives), size=need, replace=False))
+            chosen = [negatives[i] for i in idx]
+        else:
+            chosen = list(negatives)
+            missing = need - len(chosen)
+            if inputs.lidc_root is None:
+                raise UserError(
+                    f"matched negatives: {len(chosen)} untampered labelled slices for {need} fakes; "
+                    "set data.lidc_root (or MEDFAKE_LIDC_ROOT) to top up from LIDC"
+                )
+            lidc = _lidc_series(inputs, progress)
+            series.update(lidc)
+            targets = [fakes[int(i)].relative_z for i in rng.choice(len(fakes), size=missing, replace=True)]
+            chosen += _lidc_matched_z(lidc, targets, rng, set())
+    return series, fakes + chosen
+
+
+def build(cfg: Config, progress: bool = True, inputs: Inputs | None = None, digest: str | None = None):
+    """Build (or reuse) the dataset of a config. Returns (dataset, reused, stats)."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    inputs = inputs or resolve_inputs(cfg, progress)
+    digest = digest or dataset_digest(cfg, inputs)
+    final = cache_path(cfg, digest)
+    if (final / "dataset.json").is_file():
+        return load_dataset(final), True, {}
+    series, candidates = select_slices(cfg, inputs, progress)
+    splits = assign_splits(
+        np.array([c.label for c in candidates]), np.array([c.group for c in candidates]),
+        cfg.data.split, cfg.data.split_fractions, cfg.data.seed,
+    )
+    size = cfg.data.image_size
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{digest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.int16, shape=(len(candidates), size, size))
+        by_series: dict[str, list[int]] = {}
+        for i, c in enumerate(candidates):
+            by_series.setdefault(c.series_key, []).append(i)
+        decoded = 0
+        for key in tqdm(sorted(by_series), desc="decoding selected slices", unit="series", disable=not progress):
+            rows = by_series[key]
+            positions = [candidates[i].position for i in rows]
+            hu = series[key].read_hu(positions)
+            for row, image in zip(rows, hu):
+                images[row] = np.clip(np.rint(resize(image, size)), -32768, 32767).astype(np.int16)
+            decoded += len(rows)
+        images.flush()
+        del images
+        manifest = pd.DataFrame(
+            [
+                {
+                    "row": i, "scan_id": c.group, "source": c.source, "slice": c.slice, "position": c.position,
+                    "label": c.label, "split": splits[i], "label_type": c.label_type, "provenance": c.provenance,
+                    "relative_z": round(c.relative_z, 4), "truly_tampered": c.truly_tampered,
+                }
+                for i, c in enumerate(candidates)
+            ],
+            columns=MANIFEST_COLUMNS,
+        )
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        (tmp / "problems.txt").write_text("\n".join(inputs.problems) + ("\n" if inputs.problems else ""))
+        seconds = time.perf_counter() - started
+        info = {
+            "digest": digest,
+            "image_size": size,
+            "source": cfg.data.source,
+            "negatives": cfg.data.negatives,
+            "split": cfg.data.split,
+            "counts": counts(manifest),
+            "problems": len(inputs.problems),
+            "seconds": round(seconds, 2),
+            "slices_decoded": decoded,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_dataset(final), False, {"seconds": seconds, "decoded": decoded, "inputs": inputs}
+
+
+def counts(manifest: pd.DataFrame) -> dict[str, int]:
+    """Slices per split × class, e.g. ``train_fake``."""
+    out = {}
+    for split in SPLITS:
+        for label, name in ((1, "fake"), (0, "real")):
+            out[f"{split}_{name}"] = int(((manifest["split"] == split) & (manifest["label"] == label)).sum())
+    return out
+
+
+def label_noise(manifest: pd.DataFrame) -> dict[str, float]:
+    """Phantom only: how many slices the ±radius rule labels fake are truly tampered."""
+    fakes = manifest[(manifest["label"] == 1) & (manifest["truly_tampered"].isin(["0", "1"]))]
+    if fakes.empty:
+        return {}
+    true = int((fakes["truly_tampered"] == "1").sum())
+    negatives = manifest[(manifest["label"] == 0) & (manifest["truly_tampered"] == "1")]
+    return {
+        "label_fake_slices": float(len(fakes)),
+        "label_fake_truly_tampered": float(true),
+        "label_fake_untampered": float(len(fakes) - true),
+        "label_noise_rate": (len(fakes) - true) / len(fakes),
+        "label_real_truly_tampered": float(len(negatives)),
+    }
