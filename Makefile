@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast quickstart bench clean
+.PHONY: install test test-fast quickstart bench clean mutation
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,24 @@ test: $(STAMP)
 # The development lane: everything but the tests that train models or start servers.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Mutation testing (mutmut 3, config in setup.cfg [mutmut]) of the rules that hold the study's
+# protocol and the verdicts, against those rules' tests only. Long: not part of `make test`; see
+# reports/benchmarks/mutation.md. Narrow it with e.g. MUTANTS='medfake.training.verdict.*'.
+MUTANTS ?= 'medfake.training.metrics.*' 'medfake.training.verdict.*' \
+	'medfake.data.build.x__ctgan_candidates__*' 'medfake.data.build.x_select_slices__*' \
+	'medfake.data.build.x__lidc_random__*' 'medfake.data.splits.*' \
+	'medfake.study.select.x_rank_models__*' 'medfake.study.select.x_repeat_jobs__*' \
+	'medfake.study.select.x_aggregate__*' \
+	'medfake.registry.promote.x_compare__*' 'medfake.registry.promote.x_metric_direction__*' \
+	'medfake.registry.promote.x_setup_digest__*' 'medfake.registry.promote.x_group_candidates__*' \
+	'medfake.registry.promote.x*Group*'
+MUTATION_JOBS ?= 2
+
+mutation: $(STAMP)
+	nice -n 15 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	@echo "module status count (every mutant of the mutated files; 'not checked' = outside MUTANTS):"
+	@$(BIN)/mutmut results --all true | awk -F': ' 'NF == 2 { m = $$1; gsub(/ /, "", m); sub(/\.[^.]*$$/, "", m); n[m "  " $$2]++ } END { for (k in n) print k, n[k] }' | sort
 
 # The main job on the embedded default (synthetic phantom): synth → preprocess → train.
 quickstart: $(STAMP)
