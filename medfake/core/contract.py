@@ -29,6 +29,9 @@ TAG_BEST_RUN = "medfake.best_run"
 TAG_SOURCE_RUN = "medfake.source_run"
 TAG_SOURCE_DATA_DIGEST = "medfake.source_data_digest"
 TAG_TARGET_DATA_DIGEST = "medfake.target_data_digest"
+# evaluate's `{split}_` metric: share of the scored scans the source detector trained or validated on
+# (a cross-experiment figure is only that when this is 0)
+SEEN_SCAN_SHARE = "seen_scan_share"
 
 # -- stages (tag medfake.stage) ------------------------------------------------------------
 STAGE_PREPROCESS = "preprocess"
