@@ -5,6 +5,10 @@ Three runtimes: Keras itself, ONNX Runtime and OpenVINO (the last two from Keras
 OpenVINO is ~2–4× faster than Keras float32 (DESIGN §6). OpenVINO's default CPU precision may be
 bf16 on CPUs with avx512_bf16/AMX (probabilities differ by up to ~0.02); ``precision="float32"``
 asks it for f32 (``INFERENCE_PRECISION_HINT``), which matches Keras within 1e-4.
+
+A detector trained in bfloat16/float16 (mixed precision) is exported as a float32 copy: tf2onnx
+writes bfloat16 convolutions ONNX Runtime refuses and OpenVINO cannot convert its constants, so
+the exported graph is float32 throughout and the runtime picks its own inference precision.
 """
 
 from __future__ import annotations
@@ -60,27 +64,41 @@ def available_runtimes() -> list[str]:
     return [name for name in AUTO_ORDER if importlib.util.find_spec(RUNTIMES[name][0]) is not None]
 
 
-def _require(runtime: str):
+def require(runtime: str):
+    """The runtime's Python module; UserError naming the extra when it is not installed."""
     module_name = RUNTIMES[runtime][0]
     if importlib.util.find_spec(module_name) is None:
         raise UserError(f"runtime {runtime} needs the {module_name} package: {INSTALL_HINT}")
     return importlib.import_module(module_name)
 
 
+def check_options(runtime: str, precision: str) -> None:
+    """UserError for a runtime that is unknown or not installed, or a precision it cannot run."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if runtime not in RUNTIMES:
+        raise UserError(f"runtime must be auto or one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    require(runtime)
+    if runtime == "onnx" and precision not in ("auto", "float32"):
+        raise UserError(f"the onnx runtime runs float32 only, got precision {precision}")
+
+
 def export_detector(model, out_dir: str | Path, formats: Sequence[str] = ("onnx", "openvino")) -> dict[str, Path]:
     """Export a Keras detector to ``out_dir/detector.onnx`` and/or ``out_dir/detector.xml`` (+ .bin).
 
-    The batch dimension stays dynamic. Returns {format: path}.
+    The batch dimension stays dynamic; a reduced-precision detector is exported as its float32
+    copy (see the module note). Returns {format: path}.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    model = as_float32(model)
     # Keras exports only models that have run once; one slice through it costs a second at most.
     model(np.zeros((1, *model.input.shape[1:]), dtype=np.float32), training=False)
     paths: dict[str, Path] = {}
     for fmt in formats:
         if fmt not in EXPORT_FORMATS:
             raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-        _require(fmt)
+        require(fmt)
         path = out / f"{EXPORT_STEM}{RUNTIMES[fmt][1]}"
         with _quiet_converters(), _constant_normalization(model):
             model.export(str(path), format=EXPORT_FORMATS[fmt], verbose=False)
@@ -88,6 +106,25 @@ def export_detector(model, out_dir: str | Path, formats: Sequence[str] = ("onnx"
             _check_onnx_ops(path, model.name)
         paths[fmt] = path
     return paths
+
+
+def as_float32(model):
+    """``model`` itself when every layer computes in float32, else a float32 copy (weights cast).
+
+    Mixed-precision variables are float32 already; any that are not are cast, so the copy's graph
+    holds no bfloat16/float16 tensor at all.
+    """
+    import keras
+
+    if all(layer.dtype_policy.compute_dtype == "float32" and layer.dtype_policy.variable_dtype == "float32"
+           for layer in _all_layers(model)):
+        return model
+    from medfake.models.detector import with_precision
+
+    copy = with_precision(model, "float32")
+    copy.set_weights([np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(w, "float32")))
+                      for w in model.weights])
+    return copy
 
 
 def _check_onnx_ops(path: Path, model_name: str) -> None:
@@ -180,7 +217,7 @@ def load_runtime(path_or_model, runtime: str = "auto", precision: str = "auto", 
             return _LOADERS[file_runtime](path, precision, jit_compile)
         if file_runtime != "keras":
             raise UserError(f"{path} is a {file_runtime} model; it cannot run with runtime {runtime}")
-        path_or_model = _load_keras_file(path)
+        path_or_model = load_keras_file(path)
     model = path_or_model
     chosen = available_runtimes()[0] if runtime == "auto" else runtime
     if chosen == "keras":
@@ -193,19 +230,21 @@ def load_runtime(path_or_model, runtime: str = "auto", precision: str = "auto", 
         shutil.rmtree(export_root, ignore_errors=True)
 
 
-def _load_keras_file(path: Path):
-    """A saved ``.keras`` detector; importing medfake.models.detector registers its custom layers first."""
+def load_keras_file(path: Path):
+    """A saved ``.keras`` detector without its optimizer (inference never needs it, and Keras would
+    warn that it skips the optimizer's variables); importing medfake.models.detector first registers
+    its custom layers."""
     import keras
 
     import medfake.models.detector  # noqa: F401
 
-    return keras.saving.load_model(path)
+    return keras.saving.load_model(path, compile=False)
 
 
 def _load_keras(model_or_path, precision: str, jit_compile: bool) -> Runtime:
     from medfake.models.detector import with_precision
 
-    model = _load_keras_file(model_or_path) if isinstance(model_or_path, Path) else model_or_path
+    model = load_keras_file(model_or_path) if isinstance(model_or_path, Path) else model_or_path
     label = precision if precision != "auto" else _keras_precision(model)
     if label != _keras_precision(model) or jit_compile:  # a copy: the caller's model stays as it is
         model = with_precision(model, label)
@@ -227,7 +266,7 @@ def _keras_precision(model) -> str:
 def _load_onnx(path: Path, precision: str, jit_compile: bool) -> Runtime:
     if precision not in ("auto", "float32"):
         raise UserError(f"the onnx runtime runs float32 only, got precision {precision}")
-    ort = _require("onnx")
+    ort = require("onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
@@ -237,7 +276,7 @@ def _load_onnx(path: Path, precision: str, jit_compile: bool) -> Runtime:
 
 
 def _load_openvino(path: Path, precision: str, jit_compile: bool) -> Runtime:
-    ov = _require("openvino")
+    ov = require("openvino")
     core = ov.Core()
     config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
     compiled = core.compile_model(str(path), "CPU", config)
