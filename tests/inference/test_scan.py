@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medfake.inference import loading
 from medfake.inference import scan as sc
+from medfake.inference import scan_output
 from medfake.core.errors import UserError
 
 SIZE = 64
@@ -70,7 +72,7 @@ def series_hu(folder):
 
 
 @pytest.fixture(scope="module")
-def truth_scorer(phantom, truth_slices) -> sc.Scorer:
+def truth_scorer(phantom, truth_slices) -> loading.Scorer:
     """A deterministic stand-in detector that knows the truth: 0.9 on truly tampered slices, else 0.1.
 
     It recognises a slice by the hash of its HU pixels, so it checks the scan logic (order,
@@ -88,7 +90,7 @@ def truth_scorer(phantom, truth_slices) -> sc.Scorer:
         return np.array([known.get(hashlib.sha1(np.ascontiguousarray(image[..., 0]).tobytes()).hexdigest(), 0.05)
                          for image in batch], np.float32)
 
-    return sc.Scorer("truth", predict, None)
+    return loading.Scorer("truth", predict, None)
 
 
 def build_tiny_detector(size: int = SIZE):
@@ -157,16 +159,7 @@ def check_schema(report: dict) -> None:
             check(row, "per_series")
 
 
-# -- pure functions -----------------------------------------------------------------------------
-def test_suspicious_ranges_and_iou():
-    scores = np.array([0.1, 0.6, 0.7, 0.2, 0.5, 0.1, 0.9, 0.95])
-    assert sc.suspicious_ranges(scores, 0.5) == [(1, 2), (4, 4), (6, 7)]
-    assert sc.suspicious_ranges(np.zeros(4), 0.5) == []
-    assert sc.z_iou([(5, 9)], [(7, 11)]) == pytest.approx(3 / 7)
-    assert sc.z_iou([], [(1, 2)]) == 0.0
-    assert sc.z_iou([(1, 2), (4, 4)], [(1, 4)]) == pytest.approx(3 / 4)
-
-
+# -- truth evaluation (the ranges, rule and z-IoU maths: tests/training/test_verdict.py) ---------------
 def test_evaluate_counts_detections_false_alarms_and_iou():
     def report(scan, verdict, ranges):
         return {"series_id": "x", "scan": scan, "verdict": verdict, "slice_numbering": "file number",
@@ -201,7 +194,7 @@ def test_truth_scorer_flags_exactly_the_tampers(phantom, truth_scorer, truth_sli
     ev = report["evaluation"]
     assert ev["detection_rate"] == 1.0 and ev["false_alarm_rate"] == 0.0
     assert ev["mean_iou"] == 1.0 and ev["tamper_hit_rate"] == 1.0
-    text = sc.format_report(report)
+    text = scan_output.format_report(report)
     assert "detection rate 100.0 %" in text and "false-alarm rate 0.0 %" in text
 
 
@@ -213,12 +206,12 @@ def test_min_slices_rule(phantom, truth_scorer, truth_slices):
     (s,) = strict["series"]
     assert s["verdict"] == "clean" and s["ranges"] and not any(r["counts"] for r in s["ranges"])
     assert f"at least {longest + 1} consecutive slices" in strict["rule"]
-    assert "[too short]" in sc.format_report(strict)
+    assert "[too short]" in scan_output.format_report(strict)
 
 
 # -- a real tiny model, end to end -------------------------------------------------------------------
 def test_tiny_trained_model_tampered_vs_untampered(phantom, tiny_trained, truth_slices):
-    scorer = sc.load_scorer(str(tiny_trained["path"]), runtime="keras")
+    scorer = loading.load_scorer(str(tiny_trained["path"]), runtime="keras")
     tampered = sc.scan(ctgan_folder(phantom, tiny_trained["key"]), scorer)["series"][0]
     clean = sc.scan(lidc_folders(phantom)[0], scorer)["series"][0]
     assert tampered["verdict"] == "suspicious"
@@ -243,7 +236,7 @@ def test_runtimes_agree_with_keras_in_float32(phantom, tiny_trained):
     folder = ctgan_folder(phantom, tiny_trained["key"])
     scores = {}
     for runtime in available_runtimes():
-        scorer = sc.load_scorer(str(tiny_trained["path"]), runtime=runtime, precision="float32")
+        scorer = loading.load_scorer(str(tiny_trained["path"]), runtime=runtime, precision="float32")
         assert scorer.input_size == SIZE
         report = sc.scan(folder, scorer)
         scores[runtime] = np.array([r["score"] for r in report["series"][0]["scores"]])
@@ -279,7 +272,7 @@ def test_cli_scan_with_the_champion_json_plot_and_no_patient_data(phantom, tiny_
     report = json.loads(out_json.read_text())
     check_schema(report)
     (s,) = report["series"]
-    assert report["model"] == sc.DEFAULT_MODEL
+    assert report["model"] == loading.DEFAULT_MODEL
     assert s["slice_numbering"] == "file number" and s["slices_scored"] == len(list(folder.glob("*.dcm")))
     assert [r["slice"] for r in s["scores"]] == list(range(s["slices_scored"]))
     assert s["verdict"] == "suspicious" and "SUSPICIOUS" in stdout and "profile (slice: P(fake))" in stdout
@@ -301,9 +294,9 @@ def test_scan_root_logged_to_mlflow_without_folder_names(phantom, truth_scorer, 
     import mlflow
 
     report = sc.scan(phantom.root, truth_scorer, truth_dir=phantom.truth_dir, model_label="truth")
-    plots = sc.write_plots(report, tmp_path / "p.png", {}, (-600.0, 1500.0))
+    plots = scan_output.write_plots(report, tmp_path / "p.png", {}, (-600.0, 1500.0))
     assert len(plots) == len(report["series"]) and all(p.is_file() for p in plots)
-    run_id = sc.log_to_mlflow(report, "medfake-scan-test", plots, "truth")
+    run_id = scan_output.log_to_mlflow(report, "medfake-scan-test", plots, "truth")
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["medfake.stage"] == "scan"
     assert run.data.metrics["scan_detection_rate"] == 1.0 and run.data.metrics["scan_false_alarm_rate"] == 0.0
@@ -322,7 +315,7 @@ def test_resamples_other_sizes_and_says_so(phantom, truth_slices):
         return np.full(len(batch), 0.2, np.float32)
 
     notes = []
-    report = sc.scan(ctgan_folder(phantom, next(iter(truth_slices))), sc.Scorer("fake", predict, 32),
+    report = sc.scan(ctgan_folder(phantom, next(iter(truth_slices))), loading.Scorer("fake", predict, 32),
                      batch_size=8, notes=notes.append)
     assert all(shape[1:] == (32, 32, 1) and shape[0] <= 8 for shape in seen)
     assert report["series"][0]["resampled"] == "slices are 64×64, the model takes 32×32: resampled"
@@ -341,7 +334,7 @@ def test_partly_bad_series_is_scored_without_its_bad_slices(phantom, truth_score
     assert {"3.dcm", "notes.txt"} <= skipped
     assert 3 not in [r["slice"] for r in s["scores"]]
     assert s["scan"] == f"EXP1/{key[1]}" and s["verdict"] == "suspicious"
-    assert "skipped 3.dcm" in sc.format_report(report)
+    assert "skipped 3.dcm" in scan_output.format_report(report)
 
 
 @pytest.mark.parametrize("case", ["empty", "not_dicom", "subfolders"])
@@ -393,14 +386,14 @@ def test_endpoint_down_is_one_line(phantom, truth_slices, capsys):
 
 
 def test_model_argument_resolution(tmp_path):
-    assert sc.resolve_model("models:/medfake-detector@champion") == ("mlflow", "models:/medfake-detector@champion")
-    assert sc.resolve_model("0123456789abcdef0123456789abcdef") == ("mlflow", "runs:/0123456789abcdef0123456789abcdef/model")
+    assert loading.resolve_model("models:/medfake-detector@champion") == ("mlflow", "models:/medfake-detector@champion")
+    assert loading.resolve_model("0123456789abcdef0123456789abcdef") == ("mlflow", "runs:/0123456789abcdef0123456789abcdef/model")
     (tmp_path / "m.onnx").write_bytes(b"x")
-    assert sc.resolve_model(str(tmp_path / "m.onnx")) == ("file", str(tmp_path / "m.onnx"))
+    assert loading.resolve_model(str(tmp_path / "m.onnx")) == ("file", str(tmp_path / "m.onnx"))
     with pytest.raises(UserError, match="not a models:/"):
-        sc.resolve_model("no-such-model")
+        loading.resolve_model("no-such-model")
     with pytest.raises(UserError, match="MLmodel"):
-        sc.resolve_model(str(tmp_path))
+        loading.resolve_model(str(tmp_path))
 
 
 def test_truth_file_errors(tmp_path):

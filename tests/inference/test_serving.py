@@ -147,6 +147,7 @@ def register_champion(model) -> str:
 def test_real_scoring_server_round_trip(tracking_store, tmp_path, capsys):
     """`mlflow models serve` on a loopback port answers HU slices like local scoring does."""
     from medfake.inference import scan as sc
+    from medfake.inference.loading import load_scorer
     from medfake.cli import main
 
     model = tiny_model()
@@ -181,7 +182,7 @@ def test_real_scoring_server_round_trip(tracking_store, tmp_path, capsys):
         assert main(["scan", str(folder), "--endpoint", url, "--json", str(out), "--quiet"]) == 0
         assert "resampled" in capsys.readouterr().err  # 32² slices, the champion's signature says 16²
         via_server = json.loads(out.read_text())["series"][0]
-        locally = sc.scan(folder, sc.load_scorer(uri, runtime="keras"))["series"][0]
+        locally = sc.scan(folder, load_scorer(uri, runtime="keras"))["series"][0]
         assert [r["slice"] for r in via_server["scores"]] == [r["slice"] for r in locally["scores"]]
         np.testing.assert_allclose([r["score"] for r in via_server["scores"]],
                                    [r["score"] for r in locally["scores"]], atol=1e-5)
