@@ -86,6 +86,28 @@ LABEL_NOISE = "label_noise"  # share of ±radius-labelled fakes not truly tamper
 SCAN_METRICS = ("scan_auc", "scan_detection_rate", "scan_false_alarm_rate", "scan_z_iou")
 SCAN_GROUPED_SPLITS = ("by_scan", "by_experiment")  # data.split values that keep a scan in one split
 
+# Localisation of the maps against the known tamper position (issue 13): `{split}_{method}_{metric}`.
+SALIENCY_METHODS = ("cam", "occlusion")
+LOCALISATION_METRICS = (
+    "hit_rate",                 # pointing game: the map's peak within r of the tamper centre
+    "energy",                   # share of the map's positive mass within r of the centre
+    "hit_rate_chance",          # analytic: the disc's share of the image (a uniformly random peak)
+    "hit_rate_shuffled",        # empirical: truth positions shuffled among the same slices
+    "energy_shuffled",
+    "hit_rate_fm",              # injected tampers only
+    "hit_rate_fb",              # removed tampers only
+    "randomisation_spearman",   # trained vs re-initialised maps (Adebayo et al. 2018); near 0 is good
+)
+LOCALISATION_SCORED = "localisation_scored"          # slices with a known position (after `{split}_`)
+LOCALISATION_UNPOSITIONED = "localisation_unpositioned"  # fakes without one: counted, never misses
+
+
+def localisation_key(split: str, method: str, metric: str) -> str:
+    """``{split}_{method}_{metric}``, e.g. ``test_cam_hit_rate``, ``val_occlusion_energy``."""
+    if method not in SALIENCY_METHODS or metric not in LOCALISATION_METRICS:
+        raise ValueError(f"unknown localisation metric {method}_{metric}")
+    return f"{split}_{method}_{metric}"
+
 
 # -- CT-GAN label types (labels_exp*.csv column `type`) -------------------------------------
 LABEL_TYPES = {

@@ -37,6 +37,10 @@ class Backbone:
     weights_url: str
     paper_params_m: float
     paper_latency_ms: tuple[float, float]
+    # The last convolutional block's output inside the base, for Grad-CAM (medfake.models.saliency).
+    # A layer name Keras fixes (not an auto-numbered "activation_113", which changes per session);
+    # empty: the base's own output, where only an auto-numbered layer ends the last block.
+    cam_layer: str
 
 
 def _application(build: Callable, **options) -> Callable:
@@ -81,7 +85,7 @@ def _url(folder_and_file: str) -> str:
 
 
 # Fields in order: name, constructor, scaling, min_size, feature_width, weights_file, weights_url,
-# Table 3 parameters (M, with the study's head at 512²), Table 3 latency (ms mean, std on a T4).
+# Table 3 parameters (M, with the study's head at 512²), Table 3 latency (ms mean, std on a T4), cam_layer.
 # File names are those keras.applications passes to get_file (tests intercept the request).
 _REGISTRY: tuple[Backbone, ...] = (
     Backbone(
@@ -89,7 +93,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         _application(keras.applications.ConvNeXtTiny, include_preprocessing=True),
         "none", 32, 768,
         "convnext_tiny_notop.h5", _url("convnext/convnext_tiny_notop.h5"),
-        28.3, (582.1, 18.6),
+        28.3, (582.1, 18.6), cam_layer="",  # ends in an auto-numbered LayerNormalization
     ),
     Backbone(
         "DenseNet121",
@@ -97,7 +101,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         "torch", 32, 1024,
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _url("densenet/densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        7.7, (334.9, 72.4),
+        7.7, (334.9, 72.4), cam_layer="relu",
     ),
     Backbone(
         "DenseNet169",
@@ -105,7 +109,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         "torch", 32, 1664,
         "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _url("densenet/densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        13.6, (396.9, 67.2),
+        13.6, (396.9, 67.2), cam_layer="relu",
     ),
     Backbone(
         "DenseNet201",
@@ -113,7 +117,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         "torch", 32, 1920,
         "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _url("densenet/densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        19.4, (409.2, 51.8),
+        19.4, (409.2, 51.8), cam_layer="relu",
     ),
     Backbone(
         "EfficientNetB4",
@@ -122,14 +126,14 @@ _REGISTRY: tuple[Backbone, ...] = (
         _application(keras.applications.EfficientNetB4),
         "none", 32, 1792,
         "efficientnetb4_notop.h5", "https://storage.googleapis.com/keras-applications/efficientnetb4_notop.h5",
-        18.7, (442.9, 52.7),
+        18.7, (442.9, 52.7), cam_layer="top_activation",
     ),
     Backbone(
         "EfficientNetV2S",
         _application(keras.applications.EfficientNetV2S, include_preprocessing=True),
         "none", 32, 1280,
         "efficientnetv2-s_notop.h5", _url("efficientnet_v2/efficientnetv2-s_notop.h5"),
-        21.1, (382.6, 65.7),
+        21.1, (382.6, 65.7), cam_layer="top_activation",
     ),
     Backbone(
         "InceptionV3",
@@ -137,7 +141,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         "tf", 75, 2048,
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _url("inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        23.0, (380.7, 86.6),
+        23.0, (380.7, 86.6), cam_layer="mixed10",
     ),
     Backbone(
         "MobileNetV3Large",
@@ -145,21 +149,21 @@ _REGISTRY: tuple[Backbone, ...] = (
         "none", 32, 960,
         "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
         _url("mobilenet_v3/weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
-        3.6, (325.4, 44.7),
+        3.6, (325.4, 44.7), cam_layer="",  # ends in an auto-numbered hard-swish
     ),
     Backbone(
         "RegNetX040",
         regnet.RegNetX040,
         "none", regnet.MIN_SIZE, 1360,
         regnet.weights_file_name("regnetx040"), regnet.WEIGHTS_BASE_URL + regnet.weights_file_name("regnetx040"),
-        21.7, (457.2, 56.1),
+        21.7, (457.2, 56.1), cam_layer="regnetx040_Stage_3_XBlock_1_exit_relu",
     ),
     Backbone(
         "RegNetY040",
         regnet.RegNetY040,
         "none", regnet.MIN_SIZE, 1088,
         regnet.weights_file_name("regnety040"), regnet.WEIGHTS_BASE_URL + regnet.weights_file_name("regnety040"),
-        20.3, (446.3, 86.3),
+        20.3, (446.3, 86.3), cam_layer="regnety040_Stage_3_YBlock_1_exit_relu",
     ),
     Backbone(
         "ResNet50V2",
@@ -167,7 +171,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         "tf", 32, 2048,
         "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _url("resnet/resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        24.7, (368.3, 87.2),
+        24.7, (368.3, 87.2), cam_layer="post_relu",
     ),
     Backbone(
         "VGG19",
@@ -175,7 +179,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         "caffe", 32, 512,
         "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _url("vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        20.4, (490.2, 45.1),
+        20.4, (490.2, 45.1), cam_layer="block5_conv4",  # before its last max-pool
     ),
     Backbone(
         "Xception",
@@ -183,7 +187,7 @@ _REGISTRY: tuple[Backbone, ...] = (
         "tf", 71, 2048,
         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _url("xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-        22.0, (395.3, 76.9),
+        22.0, (395.3, 76.9), cam_layer="block14_sepconv2_act",
     ),
 )
 _BY_LOWER_NAME = {backbone.name.lower(): backbone for backbone in _REGISTRY}
