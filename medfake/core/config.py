@@ -91,6 +91,7 @@ class EvalConfig:
     bootstrap_samples: int = 1000
     ci_level: float = 0.95
     latency_steps: int = 10
+    explain: bool = False
 
 
 @dataclass(frozen=True)
