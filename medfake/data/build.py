@@ -31,7 +31,7 @@ from medfake.io.transforms import resize
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = [
     "row", "scan_id", "source", "slice", "position", "label", "split", "label_type", "provenance",
-    "relative_z", "truly_tampered",
+    "relative_z", "truly_tampered", "x", "y", "radius",
 ]
 
 
@@ -49,6 +49,11 @@ class Candidate:
     provenance: str      # e.g. "labels_exp1.csv row 12 (FM) offset -3"
     relative_z: float    # position / (n_slices - 1)
     truly_tampered: str = ""  # phantom ground truth: "1"/"0"; empty on real data
+    # FB/FM: the label's x (column), y (row) and the tamper's half-size (phantom truth) in the stored
+    # slice's pixels (image_size², mapped like the resize); empty where unknown (scored by `explain`)
+    x: str = ""
+    y: str = ""
+    radius: str = ""
 
 
 @dataclass
@@ -148,6 +153,7 @@ def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, pro
     labels = ctgan.read_labels(inputs.ctgan_root)
     scans = ctgan.find_scans(inputs.ctgan_root)
     truth = _phantom_truth(inputs.truth_dir)
+    half_sizes = _tamper_half_sizes(inputs.truth_dir)
     radius = cfg.data.slice_radius
     series_by_key, fakes, negatives = {}, {}, {}
     keys = sorted({(e, u) for e, u in zip(labels["experiment"], labels["uuid"])})
@@ -187,6 +193,8 @@ def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, pro
                     provenance=f"{Path(row.csv_file).name} row {row.csv_row} ({row.type}) offset {offset:+d}",
                     relative_z=position / max(n - 1, 1),
                     truly_tampered=_truth_flag(truth, exp, uuid, file_number),
+                    **(_tamper_position(row, series, cfg.data.image_size, half_sizes.get((exp, uuid, int(row.slice))))
+                       if tampered else {}),
                 )
     # A slice inside a tampered window is never a negative.
     negatives = {k: v for k, v in negatives.items() if k not in fakes}
@@ -208,6 +216,24 @@ def _phantom_truth(truth_dir: Path | None) -> set | None:
     return {
         (ctgan.normalize_experiment(e), str(u), int(s)) for e, u, s in zip(table["experiment"], table["uuid"], table["slice"])
     }
+
+
+def _tamper_half_sizes(truth_dir: Path | None) -> dict:
+    """(experiment, uuid, centre slice) → the tamper cube's in-plane half-size in pixels (phantom truth)."""
+    if truth_dir is None or not (truth_dir / "tampers.csv").is_file():
+        return {}
+    table = pd.read_csv(truth_dir / "tampers.csv", dtype={"uuid": str, "experiment": str})
+    return {(ctgan.normalize_experiment(e), str(u), int(s)): float(h)
+            for e, u, s, h in zip(table["experiment"], table["uuid"], table["slice"], table["half_size"])}
+
+
+def _tamper_position(row, series, size: int, half_size: float | None) -> dict[str, str]:
+    """A label's x, y (and half-size) in the stored size² slice: pixel centres scale like the resize."""
+    def to_size(value: float, extent: int) -> str:
+        return f"{(value + 0.5) * size / extent - 0.5:.2f}"
+
+    radius = f"{half_size * size / series.columns:.2f}" if half_size is not None else ""
+    return {"x": to_size(row.x, series.columns), "y": to_size(row.y, series.rows), "radius": radius}
 
 
 def _truth_flag(truth: set | None, exp: str, uuid: str, file_number: int) -> str:
@@ -353,6 +379,7 @@ def build(cfg: Config, progress: bool = True, inputs: Inputs | None = None, dige
                     "row": i, "scan_id": c.group, "source": c.source, "slice": c.slice, "position": c.position,
                     "label": c.label, "split": splits[i], "label_type": c.label_type, "provenance": c.provenance,
                     "relative_z": round(c.relative_z, 4), "truly_tampered": c.truly_tampered,
+                    "x": c.x, "y": c.y, "radius": c.radius,
                 }
                 for i, c in enumerate(candidates)
             ],
