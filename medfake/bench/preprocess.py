@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 from medfake.core.errors import UserError
+from medfake.core.config import load_config
+from medfake.core.device import cpu_description
+from medfake.data import preprocess as build
+from medfake.data.phantom import ensure_phantom
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,10 +56,6 @@ def _decode_everything(roots: list[Path]) -> tuple[int, float]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from medfake.core.config import load_config
-    from medfake.data import preprocess as build
-    from medfake.data.phantom import ensure_phantom
-    from medfake.core.device import cpu_description
 
     if args.scans < 2 or args.size < 32:
         raise UserError("--scans must be ≥ 2 and --size ≥ 32")

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from medfake.core.errors import UserError
+from medfake.io.series import DICOMSeries
+from medfake.io.transforms import resize
 
 INVOCATIONS = "/invocations"
 PING = "/ping"
@@ -66,8 +68,6 @@ def payload_from_dicom(files: str | Path | Sequence[str | Path], size: int) -> b
 
     Used for the README's ``curl`` example: it is exactly what ``medfake scan --endpoint`` posts.
     """
-    from medfake.io.series import DICOMSeries
-    from medfake.io.transforms import resize
 
     source = [files] if isinstance(files, (str, Path)) else list(files)
     series = DICOMSeries.open(source if len(source) > 1 else source[0])

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medfake.core.errors import UserError
+from medfake.core import tracking
+from medfake.core.config import add_config_arguments
+from medfake.core.config import config_from_args
 
 REGISTERED_MODEL = "medfake-detector"
 CHAMPION = "champion"
@@ -152,7 +155,6 @@ def _runs_with_models(client, experiment_id: str) -> set[str]:
 
 def collect_candidates(client, experiment: str, metric: str, model_filter: str | None = None) -> tuple[list[Candidate], list[str]]:
     """Finished runs of ``experiment`` with a logged model and ``metric``; notes on what was left out."""
-    from medfake.core import tracking
 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -201,8 +203,6 @@ def _use_tracking_store() -> None:
     """Point MLflow at the store (``MLFLOW_TRACKING_URI`` or ./mlflow.db) without creating an experiment."""
     import mlflow
 
-    from medfake.core import tracking
-
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_TRACKING_URI)
 
 
@@ -245,7 +245,6 @@ def _version_score(client, version, metric: str, groups: list[Group]) -> tuple[f
         run = None
     if run is None:
         return None, digest
-    from medfake.core import tracking
 
     digest = digest or run.data.tags.get(tracking.TAG_DATA_DIGEST, "")
     return run.data.metrics.get(metric), digest
@@ -296,8 +295,6 @@ def promote(experiment: str, metric: str = DEFAULT_METRIC, min_delta: float = 0.
             dry_run: bool = False, model_filter: str | None = None) -> Decision:
     """Apply the rule of the module docstring; returns the decision (nothing changes with ``dry_run``)."""
     from mlflow.tracking import MlflowClient
-
-    from medfake.core import tracking
 
     if not math.isfinite(min_delta) or min_delta < 0:
         raise UserError(f"--min-delta must be a number ≥ 0, got {min_delta}")
@@ -390,7 +387,6 @@ def _bool(text: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from medfake.core.config import add_config_arguments
 
     add_config_arguments(parser)
     parser.add_argument("--experiment", default="", help="MLflow experiment to pick from (default: the config's)")
@@ -407,7 +403,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     experiment = args.experiment.strip()
     if not experiment:
-        from medfake.core.config import config_from_args
 
         experiment = config_from_args(args).experiment
     decision = promote(experiment, metric=args.metric.strip(), min_delta=args.min_delta, name=args.name,
