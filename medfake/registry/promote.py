@@ -27,21 +27,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medfake.core.errors import UserError
 from medfake.core import tracking
-from medfake.core.config import add_config_arguments
-from medfake.core.config import config_from_args
+from medfake.core.config import add_config_arguments, config_from_args
+from medfake.core.contract import CHALLENGER_ALIAS, CHAMPION_ALIAS, REGISTERED_MODEL, TAG_MODEL, TAG_PREFIX
+from medfake.core.errors import UserError
 
-REGISTERED_MODEL = "medfake-detector"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+CHAMPION = CHAMPION_ALIAS
+CHALLENGER = CHALLENGER_ALIAS
 MODEL_ARTIFACT = "model"
 DEFAULT_METRIC = "val_h"
 # Metrics where lower is better (everything else: higher is better).
 LOWER_IS_BETTER = ("_loss", "_ece", "latency_ms_mean", "latency_ms_std", "_seconds")
 # Params that differ between runs of the same setup (not part of the group key).
 RUN_SPECIFIC_PARAMS = frozenset({"seed", "weights_used", "precision_used", "jit_compile_used"})
-TAG_PREFIX = "medfake."
 VERSION_METRICS = ("val_h", "val_auc", "val_accuracy", "val_f1", "val_specificity", "test_h", "test_auc",
                    "test_accuracy", "test_f1", "test_specificity", "params_m", "latency_ms_mean")
 
@@ -165,7 +163,7 @@ def collect_candidates(client, experiment: str, metric: str, model_filter: str |
     no_model = no_metric = 0
     for run in runs:
         params = tracking.params_of(run)
-        model = params.get("model") or run.data.tags.get("medfake.model") or ""
+        model = params.get("model") or run.data.tags.get(TAG_MODEL) or ""
         if model_filter and model.lower() != model_filter.lower():
             continue
         if run.info.run_id not in with_models:

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medfake.core import device
+from medfake.core import contract, device
 from medfake.core.contract import BASELINE
 from medfake.core.config import Config, add_config_arguments, config_from_args
 from medfake.data.preprocess import Dataset, ensure_dataset
 from medfake.core.errors import UserError
-from medfake.training.evaluation import EvalSettings, evaluate_and_log, split_rows
-from medfake.training.model_logging import latency, log_detector_model
+from medfake.training.evaluation import EvalSettings, evaluate_and_log, split_rows, summary_lines
+from medfake.training.scan_level import evaluate_scans
+from medfake.training.model_logging import efficiency_metrics, latency, log_dataset_input, log_detector_model
 
 
 CHECKPOINT_ROOT = Path(".medfake") / "checkpoints"
@@ -219,10 +220,10 @@ def train(plan: Plan, data_digest: str | None = None, resume: str | None = None,
     tags = {
         tracking.TAG_DATA_DIGEST: dataset.digest,
         tracking.TAG_DEVICE: device.device_name(),
-        "medfake.model": plan.model,
+        contract.TAG_MODEL: plan.model,
     }
     if preprocess_run:
-        tags["medfake.preprocess_run"] = preprocess_run
+        tags[contract.TAG_PREPROCESS_RUN] = preprocess_run
     if parent:
         tags["mlflow.parentRunId"] = parent
     tags.update(extra_tags or {})
@@ -232,7 +233,7 @@ def train(plan: Plan, data_digest: str | None = None, resume: str | None = None,
         if not resume:
             tracking.log_config(cfg)
             tracking.log_params({"model": plan.model, "seed": cfg.seed, "data_digest": dataset.digest})
-            _log_dataset_input(dataset)
+            log_dataset_input(dataset)
         summary = {"run_id": run_id, "model": plan.model}
         with tracking.artifact_tempdir() as folder:  # removed with everything in it once logged
             artifacts = Path(folder)
@@ -246,12 +247,16 @@ def train(plan: Plan, data_digest: str | None = None, resume: str | None = None,
     return run_id
 
 
-def _log_dataset_input(dataset: Dataset) -> None:
+def _evaluate(plan: Plan, dataset: Dataset, score_fn, artifacts: Path, embed_fn) -> dict:
+    """Every split against labels and truth, then the test scans as whole series (scan's verdict)."""
     import mlflow
 
-    ds = mlflow.data.from_pandas(dataset.manifest, source=str(dataset.path.resolve()),
-                                 name=f"medfake-{dataset.digest[:8]}", digest=dataset.digest, targets="label")
-    mlflow.log_input(ds, context="training")
+    cfg = plan.cfg
+    evaluation = evaluate_and_log(dataset, score_fn, EvalSettings.from_config(cfg), artifacts,
+                                  title=_title(plan), embed_fn=embed_fn)
+    scans = evaluate_scans(cfg, dataset, "test", score_fn, cfg.train.batch_size)
+    mlflow.log_metrics(scans)
+    return {"splits": evaluation, "scans": scans}
 
 
 def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Path, progress: bool, resumed: bool,
@@ -274,11 +279,10 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
     result = train_detector(plan, dataset, checkpoints, log_epoch, progress)
     model = result["model"]
     if not resumed:
-        tracking_params = {"weights_used": result["weights_used"], "precision_used": result["precision"],
-                           "jit_compile_used": result["jit"]}
         from medfake.core import tracking
 
-        tracking.log_params(tracking_params)
+        tracking.log_params({"weights_used": result["weights_used"], "precision_used": result["precision"],
+                             "jit_compile_used": result["jit"]})
     batch = cfg.train.batch_size
 
     def score_fn(images):
@@ -289,20 +293,13 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
     def embed_fn(images):
         return fitting.predict_images(embedder, images, batch)
 
-    evaluation = evaluate_and_log(dataset, score_fn, EvalSettings.from_config(cfg), artifacts,
-                                  title=_title(plan), embed_fn=embed_fn)
+    evaluation = _evaluate(plan, dataset, score_fn, artifacts, embed_fn)
     example = np.asarray(dataset.images[:batch], np.float32)[..., None]
     mean_ms, std_ms = latency(model.predict_on_batch, example, cfg.eval.latency_steps)
     states = [s for s in result["states"] if s is not None]
-    efficiency = {
-        "params_m": det.count_params_m(model),
-        "latency_ms_mean": mean_ms,
-        "latency_ms_std": std_ms,
-        "inference_images_per_s": len(example) / (mean_ms / 1000.0) if mean_ms > 0 else 0.0,
-        **result["timings"],
-        **{f"phase{s.phase}_best_epoch": float(s.best_epoch) for s in states},
-        **{f"phase{s.phase}_best_val_loss": float(s.best_val_loss) for s in states},
-    }
+    efficiency = efficiency_metrics(det.count_params_m(model), mean_ms, std_ms, len(example)) | result["timings"]
+    efficiency |= {f"phase{s.phase}_best_epoch": float(s.best_epoch) for s in states}
+    efficiency |= {f"phase{s.phase}_best_val_loss": float(s.best_val_loss) for s in states}
     mlflow.log_metrics({k: float(v) for k, v in efficiency.items() if np.isfinite(v)})
     log_detector_model(model, example[:1])
     return {"evaluation": evaluation, "efficiency": efficiency, "precision": result["precision"],
@@ -319,25 +316,18 @@ def _train_baseline(plan: Plan, dataset: Dataset, artifacts: Path, progress: boo
     t0 = time.perf_counter()
     model = baseline.fit(x_train[..., 0], y_train, seed=cfg.seed)
     fit_seconds = time.perf_counter() - t0
-    tracking_params = {"weights_used": "none", "precision_used": "float64", "jit_compile_used": False}
     from medfake.core import tracking
 
-    tracking.log_params(tracking_params)
+    tracking.log_params({"weights_used": "none", "precision_used": "float64", "jit_compile_used": False})
 
     def score_fn(images):
         return baseline.predict(model, np.asarray(images, np.float32))
 
-    evaluation = evaluate_and_log(dataset, score_fn, EvalSettings.from_config(cfg), artifacts, title=_title(plan))
+    evaluation = _evaluate(plan, dataset, score_fn, artifacts, None)
     example = np.asarray(dataset.images[: cfg.train.batch_size], np.float32)
     mean_ms, std_ms = latency(lambda b: baseline.predict(model, b), example, cfg.eval.latency_steps)
-    efficiency = {
-        "params_m": baseline.count_params(model) / 1e6,
-        "latency_ms_mean": mean_ms,
-        "latency_ms_std": std_ms,
-        "inference_images_per_s": len(example) / (mean_ms / 1000.0) if mean_ms > 0 else 0.0,
-        "phase1_seconds": fit_seconds,
-        "phase2_seconds": 0.0,
-    }
+    efficiency = efficiency_metrics(baseline.count_params(model) / 1e6, mean_ms, std_ms, len(example))
+    efficiency |= {"phase1_seconds": fit_seconds, "phase2_seconds": 0.0}
     mlflow.log_metrics(efficiency)
     baseline.log_model(model, example[:1, ..., None])
     return {"evaluation": evaluation, "efficiency": efficiency, "precision": "float64", "weights": "none"}
@@ -349,26 +339,9 @@ def _title(plan: Plan) -> str:
 
 def print_summary(summary: dict, cfg: Config) -> None:
     """The end-of-run table: test metrics with CIs (and against the truth), timings, where to look."""
-    from medfake.training.metrics import METRICS
-
-    ev = summary["evaluation"]
-    test = ev["test"]
-    val = ev["val"].values if "val" in ev else {}
-    level = int(round(cfg.eval.ci_level * 100))
-    truth = "   true label" if test.has_truth else ""
-    print(f"\n{summary['model']} — test set ({len(test.predictions)} slices), {level}% bootstrap CI{truth}")
-    nan = (float("nan"), float("nan"))
-    for name in METRICS:
-        low, high = test.ci.get(name, nan)
-        line = f"  {name:<12} {test.values[name]:.4f}  [{low:.4f}, {high:.4f}]   (val {val.get(name, float('nan')):.4f})"
-        if test.has_truth:
-            line += f"   {test.true_values[name]:.4f}"
-        print(line)
-    for name, value in test.breakdown.items():
-        low, high = test.breakdown_ci.get(name, nan)
-        print(f"  {name:<12} {value:.4f}  [{low:.4f}, {high:.4f}]")
-    if test.label_noise is not None:
-        print(f"  label noise  {test.label_noise:.4f} of the ±radius fakes are not truly tampered")
+    evaluation = summary["evaluation"]
+    print(f"\n{summary['model']} — ", end="")
+    print("\n".join(summary_lines(evaluation["splits"], cfg.eval.ci_level, evaluation["scans"])))
     eff = summary["efficiency"]
     print(
         f"  params {eff['params_m']:.2f} M · inference {eff['latency_ms_mean']:.1f} ± {eff['latency_ms_std']:.1f} ms/step"
@@ -416,6 +389,6 @@ def _fail_launcher_run(reason: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    client.set_tag(run_id, "medfake.failure", reason[:4000])
+    client.set_tag(run_id, contract.TAG_FAILURE, reason[:4000])
     client.set_terminated(run_id, "FAILED")
 
