@@ -166,8 +166,11 @@ def _score_fn(scorer: loading.Scorer, batch: int, source: Source, data_ref: str)
 
 
 def evaluate(model: str, cfg: Config, data_ref: str, split: str = "test", data_digest: str | None = None,
-             runtime: str = DEFAULT_RUNTIME, precision: str = "auto", progress: bool = True) -> str:
-    """Score ``split`` of the config's dataset with the detector and log an evaluate run; returns its id."""
+             runtime: str = DEFAULT_RUNTIME, precision: str = "auto", progress: bool = True, nested: bool = False) -> str:
+    """Score ``split`` of the config's dataset with the detector and log an evaluate run; returns its id.
+
+    ``nested``: open the run under the caller's active run (``paper``'s generalisation step).
+    """
     import mlflow
 
     if split not in contract.SPLITS:
@@ -198,7 +201,7 @@ def evaluate(model: str, cfg: Config, data_ref: str, split: str = "test", data_d
         tags[contract.TAG_PREPROCESS_RUN] = preprocess_run
     run_name = f"{source.model}-s{source.seed}-on-{dataset.digest[:8]}" if source.seed else f"{source.model}-on-{dataset.digest[:8]}"
     settings = EvalSettings.from_config(cfg)
-    with tracking.run(cfg.experiment, run_name, contract.STAGE_EVALUATE, tags=tags) as active:
+    with tracking.run(cfg.experiment, run_name, contract.STAGE_EVALUATE, tags=tags, nested=nested) as active:
         tracking.log_params({"model": source.model, "seed": source.seed, "model_uri": source.text, "data": data_ref,
                              "split": split, "data_digest": dataset.digest, "runtime_used": scorer.name,
                              **{k: v for k, v in cfg.flat().items() if k.startswith(("data.", "eval."))}})

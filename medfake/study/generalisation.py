@@ -7,6 +7,11 @@ with its bootstrap CI. Cross-experiment is the newest FINISHED ``evaluate`` run 
 in − cross. The two intervals come from different test sets, so no interval is given for the drop.
 Evaluate runs are looked up in every experiment: they live in their target config's experiment.
 A pure function of the store, like the rest of the report: rows sorted, nothing written to it.
+
+``paper`` fills the table when config key ``study.generalise_to`` names a data config: after
+select, each kept model's screen run is evaluated on that config's test split, exactly as
+``medfake evaluate --model RUN --data <generalise_to> --set <paper's --set>`` would (a finished
+evaluate run of the same run and target config is reused).
 """
 
 from __future__ import annotations
@@ -14,16 +19,21 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from medfake.core import tracking
+from medfake.core.config import Config, load_config, split_overrides
 from medfake.core.contract import (
     CI_HIGH_SUFFIX,
     CI_LOW_SUFFIX,
     STAGE_EVALUATE,
+    TAG_CONFIG_DIGEST,
     TAG_DATA_DIGEST,
     TAG_SOURCE_RUN,
     TAG_STAGE,
     TAG_TARGET_DATA_DIGEST,
     metric_key,
 )
+from medfake.core.errors import UserError
+from medfake.inference.evaluate import evaluate
 
 TABLE_FILE = "generalisation.csv"
 IN_SPLIT = "test"  # the train step's held-out split
@@ -126,3 +136,49 @@ def write_section(sources: list[tuple[str, object]], tables: Path) -> str:
         "come from different test sets, so the drop has none.", "",
         generalisation_markdown(frame),
     ])
+
+
+# -- paper's step -----------------------------------------------------------------------------------
+def target_config(cfg: Config, overrides: str) -> Config | None:
+    """The data config ``study.generalise_to`` names, with paper's ``--set`` overrides; None when unset.
+
+    Checked before any work: a target whose slices differ in size from the study's could not be scored.
+    """
+    target_ref = cfg.study.generalise_to
+    if not target_ref:
+        return None
+    target = load_config(target_ref, split_overrides([overrides]) if overrides else [])
+    if target.data.image_size != cfg.data.image_size:
+        raise UserError(f"study.generalise_to {target_ref}: its data.image_size {target.data.image_size} differs from "
+                        f"the study's {cfg.data.image_size}; the detectors could not score it")
+    return target
+
+
+def _finished_evaluate(target: Config, source_run: str):
+    runs = tracking.finished_runs(target.experiment, f"tags.`{TAG_STAGE}` = '{STAGE_EVALUATE}' and "
+                                  f"tags.`{TAG_SOURCE_RUN}` = '{source_run}' and "
+                                  f"tags.`{TAG_CONFIG_DIGEST}` = '{target.digest()}'")
+    runs = [run for run in runs if run.data.params.get("split", IN_SPLIT) == IN_SPLIT]
+    return runs[0] if runs else None
+
+
+def generalise(cfg: Config, overrides: str, kept: list, say, quiet: bool = False) -> dict[str, str]:
+    """Evaluate each kept model's run (``kept``: entries with ``model``, ``run_id``) on the target config.
+
+    Returns source run id → evaluate run id; nothing when ``study.generalise_to`` is unset.
+    """
+    target = target_config(cfg, overrides)
+    if target is None:
+        return {}
+    done = {}
+    for entry in kept:
+        previous = _finished_evaluate(target, entry.run_id)
+        if previous is not None:
+            done[entry.run_id] = previous.info.run_id
+            say(f"generalise: {entry.model} on {cfg.study.generalise_to}: reusing evaluate run {previous.info.run_id}")
+            continue
+        say(f"generalise: {entry.model} on {cfg.study.generalise_to} ({IN_SPLIT} split)")
+        done[entry.run_id] = evaluate(entry.run_id, target, cfg.study.generalise_to, IN_SPLIT, progress=not quiet,
+                                      nested=True)
+    tracking.setup(cfg.experiment)  # evaluate pointed MLflow at the target's experiment
+    return done

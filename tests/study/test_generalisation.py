@@ -6,6 +6,7 @@ import math
 import time
 
 import pandas as pd
+import pytest
 from study_fakes import EXPERIMENT, fake_run, full_metrics
 
 from medfake.cli import main
@@ -82,3 +83,51 @@ def test_report_without_evaluate_runs_has_no_generalisation_section(project, cap
     assert main(["report", "--experiment", EXPERIMENT, "--out", "out"]) == 0, capsys.readouterr().err
     assert "## Generalisation" not in (project / "out" / "README.md").read_text()
     assert not (project / "out" / "tables" / "generalisation.csv").exists()
+
+
+# -- paper's generalisation step ------------------------------------------------------------------------
+class Kept:
+    def __init__(self, model, run_id):
+        self.model, self.run_id = model, run_id
+
+
+def test_generalise_is_off_by_default_and_checks_the_target_first():
+    from medfake.core.config import load_config
+    from medfake.core.errors import UserError
+
+    assert load_config("quickstart").study.generalise_to is None
+    assert generalisation.generalise(load_config("quickstart"), "", [Kept("X", "r")], print) == {}
+    cfg = load_config("quickstart", ["study.generalise_to=study-cpu"])
+    with pytest.raises(UserError, match="study.generalise_to study-cpu: its data.image_size"):
+        generalisation.target_config(cfg, "")
+    target = generalisation.target_config(cfg, "data.image_size=96 experiment=elsewhere")
+    assert target.experiment == "elsewhere" and target.data.image_size == 96
+
+
+def test_generalise_evaluates_each_kept_run_once_then_reuses(project, monkeypatch):
+    import mlflow
+
+    from medfake.core.config import load_config
+    from medfake.core.contract import TAG_CONFIG_DIGEST
+
+    runs = screened()
+    cfg = load_config("quickstart", ["study.generalise_to=quickstart", f"experiment={EXPERIMENT}"])
+    overrides = f"experiment={TARGET_EXPERIMENT}"
+    target = generalisation.target_config(cfg, overrides)
+    calls = []
+
+    def recording_evaluate(model, target_cfg, data_ref, split, progress=True, nested=False):
+        calls.append((model, data_ref, split, nested, target_cfg.experiment))
+        run_id = fake_evaluate(model, 0.7)
+        mlflow.MlflowClient().set_tag(run_id, TAG_CONFIG_DIGEST, target_cfg.digest())
+        return run_id
+
+    monkeypatch.setattr(generalisation, "evaluate", recording_evaluate)
+    kept = [Kept(model, run_id) for model, run_id in runs.items()]
+    said = []
+    first = generalisation.generalise(cfg, overrides, kept, said.append)
+    assert sorted(first) == sorted(runs.values()) and len(calls) == 2
+    assert all(call[1:] == ("quickstart", "test", True, TARGET_EXPERIMENT) for call in calls)
+    again = generalisation.generalise(cfg, overrides, kept, said.append)
+    assert again == first and len(calls) == 2 and sum("reusing" in line for line in said) == 2
+    assert target.digest() == mlflow.get_run(first[runs["DenseNet121"]]).data.tags[TAG_CONFIG_DIGEST]
