@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("medfake.study.report", "render the study's tables and figures from the tracking store"),
     "promote": ("medfake.registry.promote", "register the best run's detector and move the champion alias by a stated rule"),
     "scan": ("medfake.inference.scan", "score every slice of CT series with a detector; flag suspicious slice ranges"),
+    "explain": ("medfake.inference.explain", "Grad-CAM/occlusion maps of a detector, scored against the known tamper positions"),
     "evaluate": ("medfake.inference.evaluate", "score a logged or registered detector on another dataset config, without retraining"),
 }
 
