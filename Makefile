@@ -26,8 +26,8 @@ test-fast: $(STAMP)
 MUTANTS ?= 'medfake.training.metrics.*' 'medfake.training.verdict.*' \
 	'medfake.data.build.x__ctgan_candidates__*' 'medfake.data.build.x_select_slices__*' \
 	'medfake.data.build.x__lidc_random__*' 'medfake.data.splits.*' \
-	'medfake.study.select.x_rank_models__*' 'medfake.study.select.x_repeat_jobs__*' \
-	'medfake.study.select.x_aggregate__*' \
+	'medfake.study.ranking.x_rank_models__*' 'medfake.study.select.x_repeat_jobs__*' \
+	'medfake.study.statistics.x_aggregate__*' \
 	'medfake.registry.promote.x_compare__*' 'medfake.registry.promote.x_metric_direction__*' \
 	'medfake.registry.promote.x_setup_digest__*' 'medfake.registry.promote.x_group_candidates__*' \
 	'medfake.registry.promote.x*Group*'

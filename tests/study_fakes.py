@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from medfake.study import select as sel
 from medfake.models import published as study
 from medfake.cli import main
 from medfake.core.config import load_config
-from medfake.training.metrics import h_score
 
 EXPERIMENT = "select-test"
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -105,7 +100,8 @@ class FakeSubmitted:
 
 
 class FakeLauncher:
-    """Stands in for ``launch_train``: logs the run the train entry point would log, from the job's parameters."""
+    """Stands in for ``launcher.launch_train`` (or a ``Launcher``'s ``launch``): logs the run the
+    train entry point would log, from the job's parameters."""
 
     def __init__(self, fail_models=(), interrupt_after: int | None = None, metrics=None):
         self.jobs = []

@@ -32,13 +32,17 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so the run can end KILLED."""
 
 
-def setup(experiment: str) -> str:
-    """Point MLflow at the store (env ``MLFLOW_TRACKING_URI`` or ./mlflow.db) and the experiment."""
+def tracking_uri() -> str:
+    """The store every step uses: env ``MLFLOW_TRACKING_URI``, else ./mlflow.db (DESIGN.md section 5)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def use_store() -> str:
+    """Point MLflow at the store, quietly, without creating any experiment; returns the URI."""
     import logging
+    import warnings
 
     import mlflow
-
-    import warnings
 
     for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent",
                   "mlflow.system_metrics.system_metrics_monitor"):
@@ -46,8 +50,16 @@ def setup(experiment: str) -> str:
     # Hints that say nothing to a medfake user (our inputs are float arrays, our sources local).
     warnings.filterwarnings("ignore", message=".*dataset source can be interpreted in multiple ways.*")
     warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the store (env ``MLFLOW_TRACKING_URI`` or ./mlflow.db) and the experiment."""
+    import mlflow
+
+    use_store()
     exp = mlflow.set_experiment(experiment)
     return exp.experiment_id
 
@@ -196,6 +208,31 @@ def finished_runs(experiment: str, filter_string: str = "", order_by: list[str] 
         order_by=order_by or ["attributes.start_time DESC"],
         max_results=5000,
     )
+
+
+def find_finished_run(experiment: str, *, stage: str, tags: dict[str, str] | None = None,
+                      params: dict[str, Any] | None = None):
+    """The newest FINISHED run of ``stage`` whose tags and params all match, or None: the one
+    "reuse a finished run" query.
+
+    A step about to redo work asks here first, matching everything that decides the result
+    (data digest, config digest, model, seed, ranking options …): a run found is reused, a run
+    with any input different is not. Params compare as MLflow stores them, as strings. An
+    experiment that does not exist yet holds nothing to reuse (and is not created).
+    """
+    from mlflow.tracking import MlflowClient
+
+    use_store()
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    clauses = ["attributes.status = 'FINISHED'", f"tags.`{TAG_STAGE}` = '{stage}'"]
+    clauses += [f"tags.`{key}` = '{value}'" for key, value in (tags or {}).items()]
+    clauses += [f"params.`{key}` = '{'null' if value is None else value}'" for key, value in (params or {}).items()]
+    runs = client.search_runs([exp.experiment_id], filter_string=" and ".join(clauses), max_results=1,
+                              order_by=["attributes.start_time DESC", "attributes.run_id ASC"])
+    return runs[0] if runs else None
 
 
 def artifact_tempdir() -> tempfile.TemporaryDirectory:

@@ -10,12 +10,32 @@ paper run that crashed or was stopped, run again, continues where it stopped.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from medfake.study import select as sel
+from medfake.core import tracking
+from medfake.core.contract import BASELINE, STAGE_PAPER, STAGE_SCREEN
 from medfake.core.errors import UserError
+from medfake.data.preprocess import ensure_dataset
+from medfake.study import generalisation, report
+from medfake.study.launcher import Launcher, RepeatsFailed, TrainJob, write_config
+from medfake.study.ranking import rank_models, screen_runs
+from medfake.study.select import SelectOptions, add_selection_arguments, existing_select, launcher_from_args, select
 
 DEFAULT_CONFIG = "study-cpu"
+
+
+@dataclass(frozen=True)
+class PaperOptions:
+    """What to study: the config as named (``--config``, ``--set``), the models, the report folder,
+    the ranking options, and whether to show progress."""
+
+    config_ref: str
+    overrides: str
+    models: tuple[str, ...]
+    out: Path
+    selection: SelectOptions = field(default_factory=SelectOptions)
+    quiet: bool = False
 
 
 def resolve_models(text: str) -> list[str]:
@@ -49,7 +69,7 @@ def check_sizes(models: list[str], image_size: int) -> None:
                             f"{get_backbone(name).min_size}; raise it or leave {name} out with --models")
 
 
-def screen_jobs(cfg, models: list[str], data_digest: str, parent: str) -> list:
+def screen_jobs(cfg, models: list[str] | tuple[str, ...], data_digest: str, parent: str) -> list[TrainJob]:
     """One screen ``train`` job per model, with the config digest train will tag (for reuse).
 
     Each run gets its resolved config as a file (``.medfake/configs/<digest>.yaml``) rather than
@@ -58,52 +78,51 @@ def screen_jobs(cfg, models: list[str], data_digest: str, parent: str) -> list:
     jobs = []
     for name in models:
         resolved = cfg.replace(**{"model.backbone": name})
-        jobs.append(sel.TrainJob(name, cfg.seed, sel.STAGE_SCREEN, sel.write_config(resolved), "", data_digest,
-                                 resolved.digest(), parent))
+        jobs.append(TrainJob(name, cfg.seed, STAGE_SCREEN, write_config(resolved), "", data_digest,
+                             resolved.digest(), parent))
     return jobs
 
 
-def paper(cfg, config_ref: str, overrides: str, models: list[str], out: Path, rank_on: str = "val", top_k: int = 6,
-          repeats: int = 2, parallel: int = 1, project: str = ".", backend: str = "local", backend_config=None,
-          quiet: bool = False, launch=None) -> Path:
-    """Run (or resume) the study; returns the report's README path."""
+def paper(cfg, options: PaperOptions, launcher: Launcher) -> Path:
+    """Run (or resume) the study; returns the report's README path.
+
+    ``launcher`` launches into the config's experiment, from the project folder (the working
+    folder already, see :func:`~medfake.study.launcher.enter_project`).
+    """
     import mlflow
 
-    from medfake.study import report
-
-    from medfake.core import tracking
-    from medfake.data.preprocess import ensure_dataset
-
-    say = sel.Progress("paper", quiet)
-    experiment = cfg.experiment
-    say(f"step 1/4 preprocess: dataset of config {config_ref} (experiment '{experiment}')")
-    dataset, preprocess_run = ensure_dataset(cfg, progress=not quiet)
+    if launcher.experiment != cfg.experiment:
+        raise ValueError(f"the launcher's experiment '{launcher.experiment}' is not the config's '{cfg.experiment}'")
+    say, experiment, ranking = launcher.say, cfg.experiment, options.selection
+    models, out = list(options.models), options.out
+    generalisation.target_config(cfg, options.overrides)  # study.generalise_to: checked before any work
+    say(f"step 1/4 preprocess: dataset of config {options.config_ref} (experiment '{experiment}')")
+    dataset, preprocess_run = ensure_dataset(cfg, progress=not options.quiet)
     digest = dataset.digest
     say(f"step 1/4 preprocess: dataset {digest} ({len(dataset.manifest)} slices, preprocess run {preprocess_run})")
     tags = {tracking.TAG_DATA_DIGEST: digest}
-    with tracking.run(experiment, f"paper-{cfg.digest()[:8]}", "paper", tags=tags) as active:
-        tracking.log_params({"config": config_ref, "set": overrides, "models": ",".join(models), "rank_on": rank_on,
-                             "top_k": top_k, "repeats": repeats, "parallel": parallel, "backend": backend,
-                             "data_digest": digest})
+    with tracking.run(experiment, f"paper-{cfg.digest()[:8]}", STAGE_PAPER, tags=tags) as active:
+        tracking.log_params({"config": options.config_ref, "set": options.overrides, "models": ",".join(models),
+                             "rank_on": ranking.rank_on, "top_k": ranking.top_k, "repeats": ranking.repeats,
+                             "parallel": launcher.parallel, "backend": launcher.backend, "data_digest": digest})
         jobs = screen_jobs(cfg, models, digest, active.info.run_id)
         say(f"step 2/4 screen: {len(jobs)} model(s): {', '.join(models)}")
-        launcher = launch or (lambda job: sel.launch_train(job, experiment, project, backend, backend_config))
-        done, failures = sel.run_jobs(jobs, experiment, parallel, launcher, say, "screen")
+        done, failures = launcher.run_jobs(jobs, STAGE_SCREEN)
         if failures:
-            raise sel.RepeatsFailed(
+            raise RepeatsFailed(
                 f"{len(failures)} screen run(s) did not finish: {'; '.join(failures)}; run paper again to retry "
                 "only those, or leave a model out with --models")
         screened = set(done.values())
-        _, runs = sel.screen_runs(experiment, digest, screened)
-        selection = sel.rank_models(runs, rank_on, top_k, experiment, digest)
-        previous = sel.existing_select(experiment, selection, repeats)
+        _, runs = screen_runs(experiment, digest, screened)
+        selection = rank_models(runs, ranking.rank_on, ranking.top_k, experiment, digest)
+        previous = existing_select(experiment, selection, ranking.repeats)
         if previous is not None:
             select_run_id = previous.info.run_id
             say(f"step 3/4 select: reusing finished select run {select_run_id} (same screen runs and options)")
         else:
-            say(f"step 3/4 select: rank on {rank_on}, top {top_k}, {repeats} repeat(s) each")
-            select_run_id = sel.select(experiment, rank_on, top_k, repeats, parallel, digest, project, backend,
-                                       backend_config, nested=True, say=say, launch=launch, run_ids=screened).select_run_id
+            say(f"step 3/4 select: rank on {ranking.rank_on}, top {ranking.top_k}, {ranking.repeats} repeat(s) each")
+            select_run_id = select(launcher, ranking, digest, nested=True, run_ids=screened).select_run_id
+        generalisation.generalise(cfg, options.overrides, selection.kept, say, options.quiet)
         say(f"step 4/4 report: {out}")
         readme = report.render(experiment, out, digest, select_run_id=select_run_id)
         mlflow.log_artifacts(str(out), "report")
@@ -118,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key (repeatable; one string may hold several)")
     parser.add_argument("--models", default="", help="comma-separated subset, e.g. DenseNet121,Xception,baseline "
                                                      "(default: all 13 backbones + baseline)")
-    sel.add_selection_arguments(parser)
+    add_selection_arguments(parser)
     parser.add_argument("--out", default="", help="report folder (default reports/<experiment>)")
 
 
@@ -129,10 +148,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = " ".join(item for chunk in args.set for item in chunk.split() if item)
     models = resolve_models(args.models)
     check_sizes(models, cfg.data.image_size)
-    backend_config = sel.parse_backend_config(args.backend_config)
-    out = Path(args.out or Path("reports") / cfg.experiment).resolve()
-    project = sel.enter_project(args.project or None)
-    readme = paper(cfg, args.config, overrides, models, out, args.rank_on, args.top_k, args.repeats, args.parallel,
-                   project, args.backend, backend_config, args.quiet)
+    out = Path(args.out or Path("reports") / cfg.experiment).resolve()  # before entering the project folder
+    launcher = launcher_from_args(args, cfg.experiment, "paper")
+    options = PaperOptions(args.config, overrides, tuple(models), out,
+                           SelectOptions(args.rank_on, args.top_k, args.repeats), args.quiet)
+    readme = paper(cfg, options, launcher)
     print(f"report: {readme}")
     return 0

@@ -14,10 +14,23 @@ import math
 from pathlib import Path
 
 from medfake.study import generalisation
-from medfake.study import select as sel
-from medfake.models import published as study
 from medfake.core import tracking
+from medfake.core.contract import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, STAGE_SELECT, TAG_DATA_DIGEST, TAG_DEVICE, TAG_STAGE, metric_key
 from medfake.core.errors import UserError
+from medfake.models import published as study
+from medfake.study.ranking import RANK_SPLITS, Selection, rank_models, screen_runs, search_runs, tag_filter, use_store
+from medfake.study.select import experiment_of
+from medfake.study.statistics import Results, gather
+from medfake.study.tables import (
+    STD_NOTE,
+    fmt,
+    markdown_table,
+    mean_std,
+    ranking_frame,
+    ranking_markdown,
+    significance_markdown,
+    table2_markdown,
+)
 from medfake.training.metrics import METRICS, STUDY_VECTOR
 
 FIGURES = "figures"
@@ -34,10 +47,8 @@ def _title(name: str) -> str:
 
 
 def newest_select_run(experiment: str, data_digest: str | None):
-    query = f"tags.`medfake.stage` = '{sel.STAGE_SELECT}'"
-    if data_digest:
-        query += f" and tags.`medfake.data_digest` = '{data_digest}'"
-    runs = sel.search_runs(experiment, query)
+    tags = {TAG_STAGE: STAGE_SELECT} | ({TAG_DATA_DIGEST: data_digest} if data_digest else {})
+    runs = search_runs(experiment, tag_filter(tags))
     return runs[0] if runs else None
 
 
@@ -45,11 +56,9 @@ def ranked_run_ids(select_run) -> set[str] | None:
     """The screen runs a select run ranked (its ``select/ranking.csv``), or None for "newest per model"."""
     import pandas as pd
 
-    from medfake.core.tracking import artifact_tempdir
-
     if select_run is None:
         return None
-    with artifact_tempdir() as tmp:
+    with tracking.artifact_tempdir() as tmp:
         path = _download(select_run.info.run_id, "select/ranking.csv", Path(tmp))
         return set(pd.read_csv(path, dtype={"run_id": str})["run_id"]) if path is not None else None
 
@@ -71,7 +80,7 @@ def _download(run_id: str, artifact: str, folder: Path) -> Path | None:
 
 
 # -- tables ---------------------------------------------------------------------------------------
-def table1_frame(selection: sel.Selection):
+def table1_frame(selection: Selection):
     """Every screened model's test metrics with their bootstrap CIs (Table 1), by model name."""
     import pandas as pd
 
@@ -79,8 +88,8 @@ def table1_frame(selection: sel.Selection):
     for entry in sorted(selection.ranked, key=lambda e: e.model):
         row = {"model": entry.model, "run_id": entry.run_id}
         for name in METRICS:
-            for suffix in ("", "_ci_low", "_ci_high"):
-                row[f"{name}{suffix}"] = entry.metrics.get(f"test_{name}{suffix}", math.nan)
+            for suffix in ("", CI_LOW_SUFFIX, CI_HIGH_SUFFIX):
+                row[f"{name}{suffix}"] = entry.metrics.get(metric_key("test", f"{name}{suffix}"), math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -91,16 +100,16 @@ def table1_markdown(frame) -> str:
     for row in frame.to_dict("records"):
         cells = []
         for name in STUDY_VECTOR:
-            value, low, high = row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"]
-            interval = f" [{sel.fmt(low, 3)}, {sel.fmt(high, 3)}]" if math.isfinite(low) and math.isfinite(high) else ""
-            cells.append(sel.fmt(value) + interval)
+            value, low, high = row[name], row[f"{name}{CI_LOW_SUFFIX}"], row[f"{name}{CI_HIGH_SUFFIX}"]
+            interval = f" [{fmt(low, 3)}, {fmt(high, 3)}]" if math.isfinite(low) and math.isfinite(high) else ""
+            cells.append(fmt(value) + interval)
         rows.append([row["model"], "ours", *cells])
         if row["model"] in study.TABLE1:
-            rows.append(["", "study", *[sel.fmt(study.TABLE1[row["model"]][name]) for name in STUDY_VECTOR]])
-    return sel.markdown_table(headers, rows)
+            rows.append(["", "study", *[fmt(study.TABLE1[row["model"]][name]) for name in STUDY_VECTOR]])
+    return markdown_table(headers, rows)
 
 
-def table3_frame(selection: sel.Selection, runs_by_id: dict):
+def table3_frame(selection: Selection, runs_by_id: dict):
     import pandas as pd
 
     rows = []
@@ -116,7 +125,7 @@ def table3_frame(selection: sel.Selection, runs_by_id: dict):
             "train_seconds": entry.metrics.get("phase1_seconds", math.nan)
             + entry.metrics.get("phase2_seconds", math.nan),
             "precision": run.data.params.get("precision_used", ""),
-            "device": run.data.tags.get("medfake.device", ""),
+            "device": run.data.tags.get(TAG_DEVICE, ""),
             "study_params_m": published.get("params_m", math.nan),
             "study_latency_ms_mean": published.get("latency_ms_mean", math.nan),
             "study_latency_ms_std": published.get("latency_ms_std", math.nan),
@@ -130,12 +139,12 @@ def table3_markdown(frame) -> str:
                "Train time (s)"] + (["Device"] if several_devices else [])
     rows = []
     for row in frame.to_dict("records"):
-        cells = [row["model"], sel.fmt(row["params_m"], 2), sel.fmt(row["study_params_m"], 1),
-                 sel.mean_std(row["latency_ms_mean"], row["latency_ms_std"], 1),
-                 sel.mean_std(row["study_latency_ms_mean"], row["study_latency_ms_std"], 1),
-                 row["precision"] or "—", sel.fmt(row["train_seconds"], 0)]
+        cells = [row["model"], fmt(row["params_m"], 2), fmt(row["study_params_m"], 1),
+                 mean_std(row["latency_ms_mean"], row["latency_ms_std"], 1),
+                 mean_std(row["study_latency_ms_mean"], row["study_latency_ms_std"], 1),
+                 row["precision"] or "—", fmt(row["train_seconds"], 0)]
         rows.append(cells + ([row["device"]] if several_devices else []))
-    return sel.markdown_table(headers, rows)
+    return markdown_table(headers, rows)
 
 
 def setup_markdown(params: dict[str, str], devices: list[str]) -> str:
@@ -156,11 +165,11 @@ def setup_markdown(params: dict[str, str], devices: list[str]) -> str:
         ["Batch", get("train.batch_size", "?"), "8"],
         ["Device", "; ".join(devices) or "—", study.DEVICE],
     ]
-    return sel.markdown_table(["", "ours", "study"], rows)
+    return markdown_table(["", "ours", "study"], rows)
 
 
 # -- figures --------------------------------------------------------------------------------------
-def render_figures(selection: sel.Selection, results: sel.Results, table3, out: Path, scratch: Path) -> dict[str, str]:
+def render_figures(selection: Selection, results: Results, table3, out: Path, scratch: Path) -> dict[str, str]:
     """Write the figures; returns figure key → path relative to ``out`` (only those drawn)."""
     import pandas as pd
 
@@ -197,7 +206,7 @@ def render_figures(selection: sel.Selection, results: sel.Results, table3, out: 
             keep(key, plots.correlation_heatmap(matrix, figures / name, title))
     matrices = []
     for entry in by_name:  # redrawn from the logged counts, each titled with its model
-        counts = [entry.metrics.get(f"test_{k}", math.nan) for k in ("tp", "fp", "tn", "fn")]
+        counts = [entry.metrics.get(metric_key("test", k), math.nan) for k in ("tp", "fp", "tn", "fn")]
         if all(math.isfinite(c) for c in counts):
             matrices.append(plots.confusion_matrix_plot(*(int(c) for c in counts), scratch / f"cm_{entry.model}.png",
                                                         entry.model))
@@ -232,19 +241,17 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
     """
     from mlflow.tracking import MlflowClient
 
-    from medfake.core.tracking import artifact_tempdir
-
-    sel.use_store()
+    use_store()
     select_run = MlflowClient().get_run(select_run_id) if select_run_id else newest_select_run(experiment, data_digest)
     if select_run is not None:
-        data_digest = data_digest or select_run.data.tags.get("medfake.data_digest")
+        data_digest = data_digest or select_run.data.tags.get(TAG_DATA_DIGEST)
         rank_on = rank_on or select_run.data.params.get("rank_on", "val")
         top_k = top_k or _int_param(select_run, "top_k", 6)
         repeats = _int_param(select_run, "repeats", 2) if repeats is None else repeats
     rank_on, top_k, repeats = rank_on or "val", top_k or 6, 2 if repeats is None else repeats
-    digest, runs = sel.screen_runs(experiment, data_digest, ranked_run_ids(select_run))
-    selection = sel.rank_models(runs, rank_on, top_k, experiment, digest)
-    results = sel.gather(selection, repeats)
+    digest, runs = screen_runs(experiment, data_digest, ranked_run_ids(select_run))
+    selection = rank_models(runs, rank_on, top_k, experiment, digest)
+    results = gather(selection, repeats)
     runs_by_id = {run.info.run_id: run for run in runs}
     client = MlflowClient()
     for found in results.runs.values():
@@ -258,20 +265,20 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
     table1 = table1_frame(selection)
     table3 = table3_frame(selection, runs_by_id)
     table1.to_csv(tables / "table1.csv", index=False)
-    sel.ranking_frame(selection).to_csv(tables / "table_a1.csv", index=False)
+    ranking_frame(selection).to_csv(tables / "table_a1.csv", index=False)
     results.table2.to_csv(tables / "table2.csv", index=False)
     table3.to_csv(tables / "table3.csv", index=False)
     generalised = generalisation.write_section([(e.model, runs_by_id[e.run_id]) for e in selection.ranked], tables)
     results.correlation_all.to_csv(tables / "correlation_all.csv")
     results.correlation_top.to_csv(tables / "correlation_top.csv")
     results.significance.to_csv(tables / "significance.csv", index=False)
-    with artifact_tempdir() as tmp:
+    with tracking.artifact_tempdir() as tmp:
         figures = render_figures(selection, results, table3, out, Path(tmp))
 
     reference = runs_by_id[selection.ranked[0].run_id]
     reference_params = tracking.params_of(reference)
     params = {key: reference_params.get(key, "?") for key in CONTEXT_PARAMS}
-    devices = sorted({run.data.tags.get("medfake.device", "") for run in runs_by_id.values()} - {""})
+    devices = sorted({run.data.tags.get(TAG_DEVICE, "") for run in runs_by_id.values()} - {""})
     text = readme(experiment, selection, results, table1, table3, params, devices, figures,
                   select_run.info.run_id if select_run is not None else None, generalised)
     (out / "README.md").write_text(text)
@@ -305,11 +312,11 @@ def readme(experiment, selection, results, table1, table3, params, devices, figu
         f"## Table A1 — H = harmonic mean of accuracy, F1 and specificity ({selection.rank_on} split)", "",
         f"The {kept} repeated backbones are in bold (the study marked its six best, chosen on test metrics). "
         "The baseline is ranked as the floor but never repeated.", "",
-        sel.ranking_markdown(selection),
+        ranking_markdown(selection),
         f"## Table 2 — top {kept}, mean ± std over their runs (test set)", "",
-        f"{sel.STD_NOTE}. Runs = the screen run + the repeats found (seeds screen seed + 1 … + {results.repeats}). "
+        f"{STD_NOTE}. Runs = the screen run + the repeats found (seeds screen seed + 1 … + {results.repeats}). "
         f"The study's rows: three runs, std kind {study.STD_KIND}.", "",
-        sel.table2_markdown(results),
+        table2_markdown(results),
         "## Table 3 — parameters and inference step time", "",
         f"Ours: mean ± std of {params.get('eval.latency_steps', '?')} timed steps after warm-up at the run's batch size, on "
         f"{'; '.join(devices) or 'the device of each run'}; train time = phase 1 + phase 2 seconds. "
@@ -318,7 +325,7 @@ def readme(experiment, selection, results, table1, table3, params, devices, figu
         f"## Pairwise significance — top {kept} (test set)", "",
         "Not in the study. McNemar's test on the predicted labels (exact binomial below 25 discordant slices) and "
         "DeLong's test on the AUCs of each pair's screen runs; Holm-adjusted p in brackets.", "",
-        (sel.significance_markdown(results.significance) if len(results.significance)
+        (significance_markdown(results.significance) if len(results.significance)
          else "Fewer than two models with predictions.\n"),
         *([generalised] if generalised else []),
         "## Figures", "",
@@ -350,14 +357,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--out", default="", help="output folder (default reports/<experiment>)")
     parser.add_argument("--data-digest", default="", help="data digest (default: the newest select run's)")
-    parser.add_argument("--rank-on", choices=sel.RANK_SPLITS, default=None,
+    parser.add_argument("--rank-on", choices=RANK_SPLITS, default=None,
                         help="default: the newest select run's, else val")
     parser.add_argument("--top-k", type=int, default=None, help="default: the newest select run's, else 6")
     parser.add_argument("--repeats", type=int, default=None, help="default: the newest select run's, else 2")
 
 
 def run(args: argparse.Namespace) -> int:
-    experiment = sel.experiment_of(args)
+    experiment = experiment_of(args)
     out = Path(args.out or Path("reports") / experiment)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")

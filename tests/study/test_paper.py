@@ -9,6 +9,8 @@ import pytest
 from study_fakes import FakeLauncher  # noqa: F401
 
 from medfake.study import paper as paper_step
+from medfake.study.launcher import Launcher
+from medfake.study.select import SelectOptions
 from medfake.cli import main
 from medfake.core.config import load_config
 from medfake.core.errors import UserError
@@ -54,9 +56,13 @@ def test_paper_resumes_and_reuses_every_step(project):  # noqa: F811
     cfg = load_config("quickstart", overrides.split())
     launcher = FakeLauncher()
     out = project / "reports" / "paper-fake"
-    args = dict(rank_on="test", top_k=1, repeats=1, quiet=True)
-    readme = paper_step.paper(cfg, "quickstart", overrides, ["DenseNet121", "ResNet50V2", "baseline"], out,
-                              launch=launcher, **args)
+    def options(*models):
+        return paper_step.PaperOptions("quickstart", overrides, models, out, SelectOptions("test", 1, 1), quiet=True)
+
+    def launching(fake):
+        return Launcher(cfg.experiment, launch=fake, say=lambda message: None)
+
+    readme = paper_step.paper(cfg, options("DenseNet121", "ResNet50V2", "baseline"), launching(launcher))
     assert [(job.stage, job.model) for job in launcher.jobs] == [
         ("screen", "DenseNet121"), ("screen", "ResNet50V2"), ("screen", "baseline"), ("repeat", "ResNet50V2")]
     paper_run = runs_of("paper-fake", "paper")[0]
@@ -70,13 +76,12 @@ def test_paper_resumes_and_reuses_every_step(project):  # noqa: F811
     # Run again: nothing is trained, the select run is reused, the report is the same.
     text = readme.read_text()
     again = FakeLauncher()
-    paper_step.paper(cfg, "quickstart", overrides, ["DenseNet121", "ResNet50V2", "baseline"], out, launch=again, **args)
+    paper_step.paper(cfg, options("DenseNet121", "ResNet50V2", "baseline"), launching(again))
     assert again.jobs == [] and len(runs_of("paper-fake", "select")) == 1
     assert readme.read_text() == text
     # One more model: only its screen run is new; a new select ranks four, the repeat is reused.
     more = FakeLauncher()
-    paper_step.paper(cfg, "quickstart", overrides, ["DenseNet121", "ResNet50V2", "baseline", "VGG19"], out,
-                     launch=more, **args)
+    paper_step.paper(cfg, options("DenseNet121", "ResNet50V2", "baseline", "VGG19"), launching(more))
     assert [(job.stage, job.model) for job in more.jobs] == [("screen", "VGG19")]
     assert len(runs_of("paper-fake", "select")) == 2 and len(runs_of("paper-fake", "repeat")) == 1
 

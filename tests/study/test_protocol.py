@@ -14,12 +14,13 @@ import pytest
 from medfake.core.config import load_config
 from medfake.core.contract import BASELINE
 from medfake.models import published as study
+from medfake.study import ranking, statistics
 from medfake.study import select as sel
 
-# The functions under test, named once (the one place to change if they move out of select.py).
-rank_models = sel.rank_models
+# The functions under test, named once (the one place to change if they move).
+rank_models = ranking.rank_models
 repeat_jobs = sel.repeat_jobs
-aggregate = sel.aggregate
+aggregate = statistics.aggregate
 
 
 def _run(model: str, accuracy: float, f1: float, specificity: float, seed: int = 42, split: str = "test"):
@@ -37,7 +38,7 @@ def _study_screen(split: str = "test"):
 
 
 def test_defaults_keep_six_and_repeat_each_twice():
-    parameters = inspect.signature(sel.select).parameters
+    parameters = inspect.signature(sel.SelectOptions).parameters
     assert parameters["top_k"].default == 6 and parameters["repeats"].default == 2
     parser = argparse.ArgumentParser()
     sel.add_selection_arguments(parser)

@@ -8,6 +8,7 @@ from study_fakes import EXPERIMENT, FakeLauncher, fake_predictions, fake_run, fu
 
 from medfake.study import report
 from medfake.study import select as sel
+from medfake.study.launcher import Launcher
 from medfake.models import published as study
 from medfake.cli import main
 
@@ -33,7 +34,7 @@ def study_store(project, tmp_path):  # noqa: F811 - the fixture imported from te
     baseline |= {"test_tp": 5, "test_fp": 5, "test_tn": 5, "test_fn": 5, "params_m": 0.00003, "latency_ms_mean": 0.2,
                  "latency_ms_std": 0.01}
     fake_run("baseline", metrics=baseline, predictions=fake_predictions(9, flip=0.4))
-    sel.select(EXPERIMENT, "test", 2, 1, launch=FakeLauncher(), say=lambda m: None)
+    sel.select(Launcher(EXPERIMENT, launch=FakeLauncher(), say=lambda m: None), sel.SelectOptions("test", 2, 1))
     return tmp_path
 
 

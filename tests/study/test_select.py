@@ -10,11 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medfake.study import launcher as launcher_module
+from medfake.study import ranking, statistics
 from medfake.study import select as sel
+from medfake.study.launcher import Launcher
 from medfake.models import published as study
 from medfake.cli import main
 from medfake.core.config import load_config
-from medfake.training.metrics import h_score
+from medfake.training.metrics import STUDY_VECTOR, h_score
 
 from study_fakes import (  # noqa: F401
     EXPERIMENT, FakeLauncher, FakeSubmitted, base_config, fake_predictions, fake_run, full_metrics, log_study_screen,
@@ -77,7 +80,7 @@ def test_ties_break_by_model_name():
             self.data = type("Data", (), {"metrics": {"val_accuracy": 0.9, "val_f1": 0.9, "val_specificity": 0.9},
                                           "params": {"seed": "1"}, "tags": {"medfake.model": name}})()
 
-    selection = sel.rank_models([Run("b"), Run("a"), Run("c")], "val", 2)
+    selection = ranking.rank_models([Run("b"), Run("a"), Run("c")], "val", 2)
     assert [e.model for e in selection.ranked] == ["a", "b", "c"]
     assert [e.kept for e in selection.ranked] == [True, True, False]
 
@@ -139,7 +142,7 @@ def test_repeats_are_launched_once_and_reused_after_an_interruption(project, cap
 
     screens = log_study_screen(("ResNet50V2", "DenseNet169", "VGG19"))
     interrupted = FakeLauncher(interrupt_after=3)
-    monkeypatch.setattr(sel, "launch_train", interrupted)
+    monkeypatch.setattr(launcher_module, "launch_train", interrupted)
     argv = ["select", "--experiment", EXPERIMENT, "--top-k", "2", "--repeats", "2", "--rank-on", "test"]
     code, _, err = run_cli(argv, capsys)
     assert code == 130 and len(interrupted.jobs) == 3
@@ -152,7 +155,7 @@ def test_repeats_are_launched_once_and_reused_after_an_interruption(project, cap
     assert [(job.model, job.seed) for job in interrupted.jobs] == [("ResNet50V2", 43), ("ResNet50V2", 44), ("DenseNet169", 43)]
 
     resumed = FakeLauncher()
-    monkeypatch.setattr(sel, "launch_train", resumed)
+    monkeypatch.setattr(launcher_module, "launch_train", resumed)
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert [(job.model, job.seed) for job in resumed.jobs] == [("DenseNet169", 44)]
@@ -160,7 +163,7 @@ def test_repeats_are_launched_once_and_reused_after_an_interruption(project, cap
     assert "Table 2" in out and "± is the sample standard deviation" in out
 
     again = FakeLauncher()
-    monkeypatch.setattr(sel, "launch_train", again)
+    monkeypatch.setattr(launcher_module, "launch_train", again)
     assert main(argv) == 0 and again.jobs == []
     # Repeats carry the config of their screen run (only the seed differs) and the select run as parent.
     repeat = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string="tags.`medfake.stage` = 'repeat'",
@@ -176,12 +179,12 @@ def test_repeats_are_launched_once_and_reused_after_an_interruption(project, cap
 def test_failed_repeats_exit_1_and_are_retried(project, capsys, monkeypatch):
     log_study_screen(("ResNet50V2", "DenseNet169"))
     failing = FakeLauncher(fail_models={"DenseNet169"})
-    monkeypatch.setattr(sel, "launch_train", failing)
+    monkeypatch.setattr(launcher_module, "launch_train", failing)
     argv = ["select", "--experiment", EXPERIMENT, "--top-k", "2", "--repeats", "1", "--parallel", "2"]
     code, _, err = run_cli(argv, capsys)
     assert code == 1 and "1 repeat run(s) did not finish: DenseNet169-s43" in err
     retry = FakeLauncher()
-    monkeypatch.setattr(sel, "launch_train", retry)
+    monkeypatch.setattr(launcher_module, "launch_train", retry)
     code, _, err = run_cli(argv, capsys)
     assert code == 0 and [(j.model, j.seed) for j in retry.jobs] == [("DenseNet169", 43)]
 
@@ -191,7 +194,7 @@ def test_aggregate_is_mean_and_sample_std():
     runs = {"A": [{"test_auc": 0.9, "test_f1": 0.8, "val_auc": 0.1}, {"test_auc": 0.7, "test_f1": 0.6},
                   {"test_auc": 0.8, "test_f1": float("nan")}],
             "B": [{"test_auc": 0.5}]}
-    table = sel.aggregate(runs).set_index(["model", "metric"])
+    table = statistics.aggregate(runs).set_index(["model", "metric"])
     assert table.loc[("A", "test_auc"), "mean"] == pytest.approx(0.8)
     assert table.loc[("A", "test_auc"), "std"] == pytest.approx(np.std([0.9, 0.7, 0.8], ddof=1))
     assert table.loc[("A", "test_auc"), "n"] == 3
@@ -212,7 +215,8 @@ def test_select_run_tables_match_the_runs(project, monkeypatch):
         drawn[(job.model, job.seed)] = values
         return values
 
-    results = sel.select(EXPERIMENT, "test", 2, 2, launch=FakeLauncher(metrics=metrics), say=lambda m: None)
+    results = sel.select(Launcher(EXPERIMENT, launch=FakeLauncher(metrics=metrics), say=lambda m: None),
+                         sel.SelectOptions("test", 2, 2))
     table = results.table2.set_index(["model", "metric"])
     for model in ("ResNet50V2", "DenseNet169"):
         values = [study.TABLE1[model]["auc"]] + [drawn[(model, seed)]["test_auc"] for seed in (43, 44)]
@@ -220,7 +224,7 @@ def test_select_run_tables_match_the_runs(project, monkeypatch):
         assert table.loc[(model, "test_auc"), "std"] == pytest.approx(np.std(values, ddof=1))
         assert table.loc[(model, "test_auc"), "n"] == 3
     # Figure 5 correlates all three screened models' Table 1 vectors; Figure 6 the top two's means.
-    vectors = np.array([[study.TABLE1[m][k] for k in sel.STUDY_VECTOR] for m in ("DenseNet169", "ResNet50V2", "Xception")])
+    vectors = np.array([[study.TABLE1[m][k] for k in STUDY_VECTOR] for m in ("DenseNet169", "ResNet50V2", "Xception")])
     np.testing.assert_allclose(results.correlation_all.loc[["DenseNet169", "ResNet50V2", "Xception"],
                                                            ["DenseNet169", "ResNet50V2", "Xception"]].to_numpy(),
                                np.corrcoef(vectors), atol=1e-12)
@@ -241,12 +245,12 @@ def test_significance_pairs_are_mcnemar_and_delong_with_holm():
     worse = same.copy()
     worse["predicted"] = 1 - worse["label"]
     worse["score"] = 1 - better["score"]
-    frame = sel.significance({"A": same, "B": same.copy(), "C": better, "D": worse}).set_index(["model_a", "model_b"])
+    frame = statistics.significance({"A": same, "B": same.copy(), "C": better, "D": worse}).set_index(["model_a", "model_b"])
     assert len(frame) == 6
     assert frame.loc[("A", "B"), "mcnemar_p"] == 1.0 and frame.loc[("A", "B"), "delong_p"] == pytest.approx(1.0)
     assert frame.loc[("C", "D"), "mcnemar_p"] < 1e-6 and frame.loc[("C", "D"), "auc_a"] == 1.0
     assert frame.loc[("C", "D"), "only_a_right"] == 40
     p = np.array([0.01, 0.04, 0.03, 0.5])
-    np.testing.assert_allclose(sel.holm(p), [0.04, 0.09, 0.09, 0.5])
+    np.testing.assert_allclose(statistics.holm(p), [0.04, 0.09, 0.09, 0.5])
     shifted = same.iloc[1:]  # a different test set is not compared
-    assert len(sel.significance({"A": same, "E": shifted})) == 0
+    assert len(statistics.significance({"A": same, "E": shifted})) == 0
