@@ -54,7 +54,7 @@ class DataConfig:
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
     slice_radius: int = 5
     negatives: Literal["lidc_random", "matched"] = "lidc_random"
-    split: Literal["random", "by_scan"] = "random"
+    split: Literal["random", "by_scan", "by_experiment"] = "random"
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     image_size: int = 512
     window: WindowConfig = field(default_factory=WindowConfig)

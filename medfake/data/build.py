@@ -24,7 +24,7 @@ from medfake.core.config import Config, data_root
 from medfake.core.errors import UserError
 from medfake.data import ctgan, lidc
 from medfake.data.phantom import ensure_phantom
-from medfake.data.splits import assign_splits
+from medfake.data.splits import TEST_EXPERIMENT, TRAIN_EXPERIMENT, assign_splits
 from medfake.io.privacy import deidentify
 from medfake.io.transforms import resize
 
@@ -49,6 +49,7 @@ class Candidate:
     provenance: str      # e.g. "labels_exp1.csv row 12 (FM) offset -3"
     relative_z: float    # position / (n_slices - 1)
     truly_tampered: str = ""  # phantom ground truth: "1"/"0"; empty on real data
+    experiment: str = ""      # CT-GAN experiment ("EXP1"/"EXP2"); empty for LIDC slices
     # FB/FM: the label's x (column), y (row) and the tamper's half-size (phantom truth) in the stored
     # slice's pixels (image_size², mapped like the resize); empty where unknown (scored by `explain`)
     x: str = ""
@@ -63,6 +64,7 @@ class Inputs:
     ctgan_root: Path
     lidc_root: Path | None
     truth_dir: Path | None = None
+    phantom_root: Path | None = None  # its phantom.json names the generator settings (part of the digest)
     problems: list[str] = field(default_factory=list)
 
 
@@ -95,7 +97,7 @@ def resolve_inputs(cfg: Config, progress: bool = True) -> Inputs:
             Path(p.root), scans=p.scans, lidc_scans=p.lidc_scans, size=p.size, slices=p.slices,
             seed=p.seed, progress=progress,
         )
-        return Inputs(Path(info.ctgan_root), Path(info.lidc_root), Path(info.truth_dir))
+        return Inputs(Path(info.ctgan_root), Path(info.lidc_root), Path(info.truth_dir), phantom_root=Path(info.root))
     ctgan = data_root(data.ctgan_root, "data.ctgan_root", "MEDFAKE_CTGAN_ROOT")
     needs_lidc = data.negatives == "lidc_random" or data.lidc_root or os.environ.get("MEDFAKE_LIDC_ROOT")
     lidc = data_root(data.lidc_root, "data.lidc_root", "MEDFAKE_LIDC_ROOT") if needs_lidc else None
@@ -127,6 +129,8 @@ def dataset_digest(cfg: Config, inputs: Inputs) -> str:
     for csv in sorted(inputs.ctgan_root.rglob("labels_exp*.csv")):
         h.update(csv.read_bytes())
     _listing_hash(inputs.ctgan_root, h)
+    if inputs.phantom_root is not None and (inputs.phantom_root / "phantom.json").is_file():
+        h.update((inputs.phantom_root / "phantom.json").read_bytes())  # same files, other generator: other data
     if inputs.lidc_root is not None:
         _listing_hash(inputs.lidc_root, h)
     return h.hexdigest()[:16]
@@ -192,7 +196,7 @@ def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, pro
                     label=int(tampered), label_type=row.type,
                     provenance=f"{Path(row.csv_file).name} row {row.csv_row} ({row.type}) offset {offset:+d}",
                     relative_z=position / max(n - 1, 1),
-                    truly_tampered=_truth_flag(truth, exp, uuid, file_number),
+                    truly_tampered=_truth_flag(truth, exp, uuid, file_number), experiment=exp,
                     **(_tamper_position(row, series, cfg.data.image_size, half_sizes.get((exp, uuid, int(row.slice))))
                        if tampered else {}),
                 )
@@ -306,10 +310,27 @@ def _lidc_candidate(key: str, series, position: int, label_type: str, provenance
     )
 
 
+def _without_shared_patients(fakes: list[Candidate], negatives: list[Candidate], problems: list[str]):
+    """Split by_experiment: a patient scanned in experiment 2 (tested) leaves experiment 1 (trained on),
+    so train and test share no patient (the CT-GAN uuid is the patient; its scan id is the same)."""
+    tested = {c.group for c in fakes + negatives if c.experiment == TEST_EXPERIMENT}
+    shared = sorted({c.group for c in fakes + negatives if c.experiment == TRAIN_EXPERIMENT and c.group in tested})
+    if shared:
+        problems.append(f"split by_experiment: {len(shared)} patient(s) appear in both experiments "
+                        f"(scan {', '.join(shared)}): their experiment-1 slices are left out")
+
+    def kept(candidates: list[Candidate]) -> list[Candidate]:
+        return [c for c in candidates if not (c.experiment == TRAIN_EXPERIMENT and c.group in tested)]
+
+    return kept(fakes), kept(negatives)
+
+
 def select_slices(cfg: Config, inputs: Inputs, progress: bool = True):
     """All slices of the dataset (fakes then negatives) and the series they come from."""
     rng = np.random.default_rng(cfg.data.seed)
     series, fakes, negatives = _ctgan_candidates(cfg, inputs, rng, progress)
+    if cfg.data.split == "by_experiment":
+        fakes, negatives = _without_shared_patients(fakes, negatives, inputs.problems)
     if not fakes:
         raise UserError(f"{inputs.ctgan_root}: the labels name no FB/FM (tampered) slice")
     fakes.sort(key=lambda c: (c.series_key, c.position))
@@ -352,6 +373,7 @@ def build(cfg: Config, progress: bool = True, inputs: Inputs | None = None, dige
     splits = assign_splits(
         np.array([c.label for c in candidates]), np.array([c.group for c in candidates]),
         cfg.data.split, cfg.data.split_fractions, cfg.data.seed,
+        experiments=np.array([c.experiment for c in candidates]),
     )
     size = cfg.data.image_size
     final.parent.mkdir(parents=True, exist_ok=True)

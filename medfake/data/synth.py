@@ -9,6 +9,11 @@ CT-GAN (study section 3.2): a ~32-voxel cube is re-synthesised with a generator-
 a nodule is injected (FM) or in-painted away (FB), and the cube's border is blended. The true
 z-extent of each tamper varies, sometimes inside and sometimes beyond the study's ±5 slices
 (Figure 1). Ground truth goes to ``truth/`` beside the scans and never into the DICOM.
+
+Experiment 2's tampers come from a different generator setting than experiment 1's (weaker
+checkerboard, smoother texture, sharper anatomy copy, wider blending; recorded in
+``phantom.json``): a stated, seeded, simulated domain shift for measuring cross-experiment
+generalisation (config ``exp1-to-exp2``), not a claim about how real CT-GAN's experiments differ.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ the same scans (matched negatives), while a local feature inside the true cube c
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -26,7 +27,7 @@ from medfake.core.errors import UserError
 from medfake.data import phantom
 from medfake.data.phantom.anatomy import cube_size, make_anatomy
 from medfake.data.phantom.render import render_vessels, synthesize_scan
-from medfake.data.phantom.tamper import Tamper, checkerboard, tamper
+from medfake.data.phantom.tamper import EXPERIMENT_STYLES, GeneratorStyle, Tamper, checkerboard, tamper
 
 SCAN_DIRS = {"exp1": "CT_Scans/EXP1_blind", "exp2": "CT_Scans/EXP2_open"}
 
@@ -335,3 +336,38 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="not a phantom folder"):
         phantom.write_phantom(tmp_path, scans=2, lidc_scans=0, size=32, slices=32)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# -- the simulated shift between experiments ---------------------------------------------------
+def test_experiments_use_different_seeded_generator_settings(small):
+    assert EXPERIMENT_STYLES["exp1"] == GeneratorStyle()  # experiment 1: the setting before the shift
+    assert EXPERIMENT_STYLES["exp2"] != EXPERIMENT_STYLES["exp1"]
+    meta = json.loads((small.root / "phantom.json").read_text())
+    assert set(meta["generator"]) == {"exp1", "exp2"} and meta["generator"]["exp1"] != meta["generator"]["exp2"]
+    anatomy = make_anatomy(2, size=64, slices=40)
+    volume = synthesize_scan(anatomy)
+    spec = Tamper(kind="FM", slice=20, row=30, col=20, z_first=17, z_last=25, half_size=6,
+                  nodule_radius_px=2.0, texture_sigma=anatomy.noise_sigma, seed=4)
+    first = tamper(volume, dataclasses.replace(spec, style=EXPERIMENT_STYLES["exp2"]))
+    again = tamper(volume, dataclasses.replace(spec, style=EXPERIMENT_STYLES["exp2"]))
+    np.testing.assert_array_equal(first, again)  # seeded: same spec, same bytes
+    other = tamper(volume, spec)
+    changed = np.argwhere(first != other)
+    assert len(changed) and changed[:, 1].min() >= 24 and changed[:, 1].max() < 36  # only inside the cube
+
+
+def test_experiment_two_tampers_leave_no_stronger_trace():
+    """The shift must not make tampers easier: experiment 2's local trace is at most experiment 1's."""
+    anatomy = make_anatomy(9, size=64, slices=40)
+    volume = synthesize_scan(anatomy)
+    responses = {}
+    for exp, style in EXPERIMENT_STYLES.items():
+        values = []
+        for seed in range(6):
+            spec = Tamper(kind="FM", slice=20, row=30, col=22, z_first=17, z_last=23, half_size=6,
+                          nodule_radius_px=0.0, texture_sigma=anatomy.noise_sigma, seed=seed, style=style)
+            out = tamper(volume, spec)
+            values += [_checker_response(out[z], 18, 26, 26, 34) - _checker_response(volume[z], 18, 26, 26, 34)
+                       for z in range(17, 24)]
+        responses[exp] = float(np.median(values))
+    assert 0 < responses["exp2"] <= responses["exp1"], responses

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -21,12 +22,12 @@ from medfake.data.phantom.labels import (
     plan_ctgan,
 )
 from medfake.data.phantom.render import synthesize_scan
-from medfake.data.phantom.tamper import CHECKER_HU, Tamper, tamper
+from medfake.data.phantom.tamper import CHECKER_HU, EXPERIMENT_STYLES, Tamper, tamper
 from medfake.data.phantom.writer import make_identity, series_uid, write_series
 
 
 FORMAT = "medfake-phantom"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: experiment 2's tampers use their own generator setting (a simulated shift)
 LAYOUTS = {
     # layout → (scans folder, experiment 1 folder, experiment 2 folder)
     "new": ("CT_Scans", "EXP1_blind", "EXP2_open"),
@@ -188,7 +189,7 @@ def _generate(root: Path, scans: int, lidc_scans: int, size: int, slices: int, s
                 z_first=label.z_first, z_last=label.z_last, half_size=cube_half,
                 nodule_radius_px=label.radius_mm / g.pixel_mm, nodule_hu=label.hu,
                 nodule_half_slices=(label.radius_mm / g.slice_mm + 0.5) if label.type == "FB" else None,
-                texture_sigma=anatomy.noise_sigma,
+                texture_sigma=anatomy.noise_sigma, style=EXPERIMENT_STYLES[exp],
                 seed=int(spawn_rng(seed, 4, EXPERIMENTS.index(exp), int(uuid), k).integers(2**62)),
             )
             tamper(volume, spec, in_place=True)
@@ -256,6 +257,7 @@ def _generate(root: Path, scans: int, lidc_scans: int, size: int, slices: int, s
                      "slice_spacing_mm": slice_spacing_mm(slices), "cube_px": cube_size(size),
                      "tamper_half_extent_slices": [min(TAMPER_HALF_EXTENT), max(TAMPER_HALF_EXTENT)],
                      "checker_hu": CHECKER_HU},
+        "generator": {exp: dataclasses.asdict(style) for exp, style in EXPERIMENT_STYLES.items()},
         "counts": {"scans": scans, "exp1": n1, "exp2": n2, "shared_uuids": [shared], "lidc_scans": lidc_scans,
                    "labels": counts, "tampers": len(tamper_rows), "tampered_slices": len(slice_rows),
                    "ctgan_slices": ctgan_slices, "lidc_slices": lidc_slices},

@@ -1,6 +1,12 @@
 """CT-GAN-like local tampers (study section 3.2): a cube re-synthesised with a generator-like texture.
 
 FM injects a nodule, FB in-paints a real one away; the cube's border is blended into the slice.
+
+The phantom's two experiments use two generator settings (:data:`EXPERIMENT_STYLES`): experiment
+2's tampers have a smoother, weaker-checkerboard texture, a sharper copy of the anatomy and a wider
+blending roll-off. This is a simulated domain shift, stated so a detector's cross-experiment
+generalisation can be measured on the phantom; it is not a claim about how real CT-GAN's two
+experiments differ.
 """
 
 from __future__ import annotations
@@ -24,6 +30,25 @@ FLAT_FRACTION = 0.75         # blending window: flat up to this fraction of the 
 
 
 @dataclass(frozen=True)
+class GeneratorStyle:
+    """One generator setting: the texture and blending of its cube (defaults: experiment 1)."""
+
+    checker_hu: float = CHECKER_HU
+    texture_blur_px: float = TEXTURE_BLUR_PX
+    anatomy_blur_px: float = ANATOMY_BLUR_PX
+    flat_fraction: float = FLAT_FRACTION
+
+
+# The simulated shift between the phantom's experiments. Experiment 2 is not easier: the same
+# texture spread (the scanner noise), a weaker checkerboard, a sharper anatomy copy and a softer
+# border all leave less of a trace than experiment 1's setting.
+EXPERIMENT_STYLES = {
+    "exp1": GeneratorStyle(),
+    "exp2": GeneratorStyle(checker_hu=20.0, texture_blur_px=2.5, anatomy_blur_px=0.7, flat_fraction=0.55),
+}
+
+
+@dataclass(frozen=True)
 class Tamper:
     """One CT-GAN-like tamper: FM injects a nodule, FB in-paints one away, inside a blended cube.
 
@@ -43,6 +68,7 @@ class Tamper:
     nodule_half_slices: float | None = None  # FB: z half-extent of the real nodule; FM: the tamper's extent
     texture_sigma: float | None = None       # HU; None: estimated from the cube
     seed: int = 0
+    style: GeneratorStyle = GeneratorStyle()
 
     def box(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """(x0, y0, x1, y1) of the cube in one slice, x = column, exclusive upper bounds."""
@@ -54,22 +80,23 @@ class Tamper:
         return range(self.z_first, self.z_last + 1)
 
 
-def _blend_window(n: int, centre_offset: int, half: int) -> np.ndarray:
+def _blend_window(n: int, centre_offset: int, half: int, flat_fraction: float = FLAT_FRACTION) -> np.ndarray:
     """1-D window: 1 in the middle, cosine roll-off to 0 at the cube's faces."""
     u = np.abs(np.arange(n) - centre_offset + 0.5) / half
-    ramp = np.clip((u - FLAT_FRACTION) / (1 - FLAT_FRACTION), 0.0, 1.0)
+    ramp = np.clip((u - flat_fraction) / (1 - flat_fraction), 0.0, 1.0)
     return (np.cos(ramp * np.pi / 2) ** 2).astype(np.float32)
 
 
-def generator_texture(rng: np.random.Generator, rows: range, cols: range, sigma: float) -> np.ndarray:
+def generator_texture(rng: np.random.Generator, rows: range, cols: range, sigma: float,
+                      style: GeneratorStyle = GeneratorStyle()) -> np.ndarray:
     """Generator-like texture, zero mean: smooth blobs (std ≥ sigma/2) plus a period-2 checkerboard."""
     from scipy import ndimage
 
     shape = (len(rows), len(cols))
-    smooth = ndimage.gaussian_filter(rng.standard_normal(shape), TEXTURE_BLUR_PX, mode="wrap")
+    smooth = ndimage.gaussian_filter(rng.standard_normal(shape), style.texture_blur_px, mode="wrap")
     smooth = (smooth - smooth.mean()) / (smooth.std() + 1e-9)
-    smooth_sigma = math.sqrt(max(sigma**2 - CHECKER_HU**2, 0.25 * sigma**2))
-    return (smooth_sigma * smooth + CHECKER_HU * checkerboard(rows, cols)).astype(np.float32)
+    smooth_sigma = math.sqrt(max(sigma**2 - style.checker_hu**2, 0.25 * sigma**2))
+    return (smooth_sigma * smooth + style.checker_hu * checkerboard(rows, cols)).astype(np.float32)
 
 
 def checkerboard(rows: range, cols: range) -> np.ndarray:
@@ -80,7 +107,7 @@ def checkerboard(rows: range, cols: range) -> np.ndarray:
 def tamper(volume: np.ndarray, spec: Tamper, in_place: bool = False) -> np.ndarray:
     """The HU volume with one CT-GAN-like tamper applied (cube-local, border-blended).
 
-    Inside the cube the generator re-synthesises the slice: the anatomy slightly blurred, the
+    Inside the cube the generator (``spec.style``) re-synthesises the slice: the anatomy slightly blurred, the
     nodule injected (FM) or in-painted with the surrounding lung level (FB), and the scanner noise
     replaced by :func:`generator_texture`; a flat-topped cosine window blends it into the slice.
     A copy unless ``in_place`` (then ``volume`` must be float32).
@@ -93,8 +120,9 @@ def tamper(volume: np.ndarray, spec: Tamper, in_place: bool = False) -> np.ndarr
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(13,)))
     x0, y0, x1, y1 = spec.box(volume.shape)
     rows, cols = range(y0, y1), range(x0, x1)
-    window = np.outer(_blend_window(len(rows), spec.row - y0, spec.half_size),
-                      _blend_window(len(cols), spec.col - x0, spec.half_size))
+    style = spec.style
+    window = np.outer(_blend_window(len(rows), spec.row - y0, spec.half_size, style.flat_fraction),
+                      _blend_window(len(cols), spec.col - x0, spec.half_size, style.flat_fraction))
     yy = (np.arange(y0, y1) - spec.row)[:, None]
     xx = (np.arange(x0, x1) - spec.col)[None, :]
     dist = np.sqrt(yy * yy + xx * xx).astype(np.float32)
@@ -102,7 +130,7 @@ def tamper(volume: np.ndarray, spec: Tamper, in_place: bool = False) -> np.ndarr
         if not 0 <= index < volume.shape[0]:
             continue
         cube = out[index, y0:y1, x0:x1]
-        base = ndimage.gaussian_filter(cube, ANATOMY_BLUR_PX, mode="nearest")
+        base = ndimage.gaussian_filter(cube, style.anatomy_blur_px, mode="nearest")
         if spec.texture_sigma is not None:
             sigma = spec.texture_sigma
         else:
@@ -125,6 +153,6 @@ def tamper(volume: np.ndarray, spec: Tamper, in_place: bool = False) -> np.ndarr
             lung_like = ring[ring < -500]
             surround = float(np.median(lung_like if lung_like.size >= 4 else ring if ring.size else base))
             base += alpha * (surround - base)
-        synthetic = base + generator_texture(rng, rows, cols, sigma)
+        synthetic = base + generator_texture(rng, rows, cols, sigma, style)
         cube += window * (synthetic - cube)
     return out
