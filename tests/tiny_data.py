@@ -19,20 +19,35 @@ TINY = [
 ]
 
 
-def tiny_dataset(folder, n=48, size=32, seed=0) -> Dataset:
-    """A random int16 HU dataset with a learnable bright square in fakes, as preprocess writes it."""
+def tiny_dataset(folder, n=48, size=32, seed=0, phantom_like=False) -> Dataset:
+    """A random int16 HU dataset with a learnable bright square in fakes, as preprocess writes it.
+
+    ``phantom_like``: the manifest carries the phantom's truth (every fourth fake is a ±5-label
+    neighbour that is not truly tampered and has no square), fakes are FM and FB, reals TB, TM and
+    LIDC slices; otherwise every fake is FM, every real TB, and ``truly_tampered`` is empty.
+    """
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2
     images = rng.normal(-600, 150, size=(n, size, size)).astype(np.int16)
-    images[labels == 1, 8:16, 8:16] += 400
+    truly = labels.copy()
+    if phantom_like:
+        truly[(labels == 1) & (np.arange(n) % 8 == 7)] = 0
+    images[truly == 1, 8:16, 8:16] += 400
     split = np.array(["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
     folder.mkdir(parents=True)
     np.save(folder / "images.npy", images)
+    label_type = np.where(labels == 1, "FM", "TB")
+    source = np.full(n, "ctgan", dtype=object)
+    truth = np.full(n, "", dtype=object)
+    if phantom_like:
+        kind = np.arange(n) // 2 % 3
+        label_type = np.where(labels == 1, np.where(kind == 0, "FB", "FM"), np.array(["TB", "TM", "lidc_matched_z"])[kind])
+        source = np.where(label_type == "lidc_matched_z", "lidc", "ctgan")
+        truth = np.where(source == "lidc", "", truly.astype(str))
     manifest = pd.DataFrame({
-        "row": np.arange(n), "scan_id": [f"s{i // 4:03d}" for i in range(n)], "source": "ctgan",
+        "row": np.arange(n), "scan_id": [f"s{i // 4:03d}" for i in range(n)], "source": source,
         "slice": np.arange(n), "position": np.arange(n), "label": labels, "split": split,
-        "label_type": np.where(labels == 1, "FM", "TB"), "provenance": "test", "relative_z": 0.5,
-        "truly_tampered": "",
+        "label_type": label_type, "provenance": "test", "relative_z": 0.5, "truly_tampered": truth,
     })
     manifest.to_csv(folder / "manifest.csv", index=False)
     (folder / "dataset.json").write_text(json.dumps({"digest": folder.name, "image_size": size, "counts": {}, "problems": 0}))

@@ -81,6 +81,7 @@ def ci_keys(key: str) -> tuple[str, str]:
 RECALL_BY_TYPE = {"recall_fm": "FM", "recall_fb": "FB"}
 FPR_BY_TYPE = {"fpr_tm": "TM", "fpr_tb": "TB"}
 FPR_LIDC = "fpr_lidc"  # LIDC negatives (manifest source `lidc`) called fake
+BREAKDOWN_METRICS = (*RECALL_BY_TYPE, *FPR_BY_TYPE, FPR_LIDC)
 SOURCE_CTGAN = "ctgan"
 SOURCE_LIDC = "lidc"
 LABEL_NOISE = "label_noise"  # share of ±radius-labelled fakes not truly tampered (phantom only)

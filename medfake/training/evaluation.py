@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 
 from medfake.core import contract
+from medfake.core import plots as figures
 from medfake.core.config import Config
 from medfake.core.errors import UserError
-from medfake.data.preprocess import Dataset
+from medfake.data.build import Dataset
+from medfake.training import embeddings as emb
 from medfake.training import metrics as mt
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # int16 HU slices (n, S, S) → P(fake) (n,)
@@ -219,16 +221,14 @@ def log_split(evaluation: SplitEvaluation, artifacts: Path | None = None, *, tit
         # them to fixed decimals would tie them and change the AUC a report recomputes from this file.
         frame.to_csv(artifacts / "predictions" / f"{evaluation.split}.csv", index=False, float_format="%.9g")
     if plots:
-        from medfake.core import plots as pl
-
         folder = artifacts / "plots"
         folder.mkdir(parents=True, exist_ok=True)
         prefix = "" if evaluation.split == "test" else f"{evaluation.split}_"
         v = evaluation.values
         y, scores = frame["label"].to_numpy(), frame["score"].to_numpy()
-        pl.confusion_matrix_plot(v["tp"], v["fp"], v["tn"], v["fn"], folder / f"{prefix}confusion_matrix.png", title)
-        pl.roc_plot({title or "detector": (y, scores)}, folder / f"{prefix}roc.png")
-        pl.score_histogram(y, scores, folder / f"{prefix}score_histogram.png", evaluation.threshold)
+        figures.confusion_matrix_plot(v["tp"], v["fp"], v["tn"], v["fn"], folder / f"{prefix}confusion_matrix.png", title)
+        figures.roc_plot({title or "detector": (y, scores)}, folder / f"{prefix}roc.png")
+        figures.score_histogram(y, scores, folder / f"{prefix}score_histogram.png", evaluation.threshold)
     return logged
 
 
@@ -272,9 +272,6 @@ def log_embeddings(evaluation: SplitEvaluation, vectors: np.ndarray, seed: int, 
     """The latent space of a split: vectors file, separability metrics, t-SNE and PCA maps."""
     import mlflow
 
-    from medfake.core import plots
-    from medfake.training import embeddings as emb
-
     frame, split = evaluation.predictions, evaluation.split
     y, scores = frame["label"].to_numpy(np.int64), frame["score"].to_numpy()
     (artifacts / "embeddings").mkdir(parents=True, exist_ok=True)
@@ -285,5 +282,28 @@ def log_embeddings(evaluation: SplitEvaluation, vectors: np.ndarray, seed: int, 
     (artifacts / "plots").mkdir(parents=True, exist_ok=True)
     for method in ("tsne", "pca"):
         points = emb.project_2d(vectors, method, seed=seed)
-        plots.embedding_map(points, y, frame["predicted"].to_numpy(), artifacts / "plots" / f"embedding_{method}.png",
+        figures.embedding_map(points, y, frame["predicted"].to_numpy(), artifacts / "plots" / f"embedding_{method}.png",
                             f"{title}: {method.upper()} of the 256-d embedding")
+
+
+def summary_lines(evaluations: Mapping[str, SplitEvaluation], ci_level: float,
+                  scans: Mapping[str, float] | None = None, split: str = "test") -> list[str]:
+    """The terminal table of a split: metrics with CIs (val and truth beside), breakdown, scans."""
+    ev = evaluations[split]
+    val = evaluations["val"].values if "val" in evaluations and split != "val" else {}
+    nan = (float("nan"), float("nan"))
+    truth = "   true label" if ev.has_truth else ""
+    lines = [f"{split} set ({len(ev.predictions)} slices), {int(round(ci_level * 100))}% bootstrap CI{truth}"]
+    for name in mt.METRICS:
+        low, high = ev.ci.get(name, nan)
+        line = f"  {name:<12} {ev.values[name]:.4f}  [{low:.4f}, {high:.4f}]"
+        line += f"   (val {val.get(name, float('nan')):.4f})" if val else ""
+        lines.append(line + (f"   {ev.true_values[name]:.4f}" if ev.has_truth else ""))
+    for name, value in ev.breakdown.items():
+        low, high = ev.breakdown_ci.get(name, nan)
+        lines.append(f"  {name:<12} {value:.4f}  [{low:.4f}, {high:.4f}]")
+    if ev.label_noise is not None:
+        lines.append(f"  label noise  {ev.label_noise:.4f} of the ±radius fakes are not truly tampered")
+    if scans:
+        lines.append("  whole scans  " + " · ".join(f"{k.removeprefix(split + '_')} {v:.4f}" for k, v in scans.items()))
+    return lines

@@ -24,6 +24,7 @@ from medfake.data.preprocess import Dataset, ensure_dataset
 from medfake.core.errors import UserError
 from medfake.training.evaluation import EvalSettings, evaluate_and_log, split_rows, summary_lines
 from medfake.training.scan_level import evaluate_scans
+from medfake.training.localisation import log_localisation
 from medfake.training.model_logging import efficiency_metrics, latency, log_dataset_input, log_detector_model
 
 
@@ -294,6 +295,8 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
         return fitting.predict_images(embedder, images, batch)
 
     evaluation = _evaluate(plan, dataset, score_fn, artifacts, embed_fn)
+    if cfg.eval.explain:  # issue 13: the maps' localisation beside the test metrics
+        evaluation["localisation"] = log_localisation(model, dataset, cfg, "test")
     example = np.asarray(dataset.images[:batch], np.float32)[..., None]
     mean_ms, std_ms = latency(model.predict_on_batch, example, cfg.eval.latency_steps)
     states = [s for s in result["states"] if s is not None]

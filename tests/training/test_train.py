@@ -51,7 +51,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     from medfake.training.train import resolve_plan, train
 
     cfg = load_config("quickstart", TINY)
-    dataset = tiny_dataset(cache_path(cfg, "d" * 16))
+    dataset = tiny_dataset(cache_path(cfg, "d" * 16), phantom_like=True)
     plan = resolve_plan("mobilenetv3large", cfg, "screen")
     run_id = train(plan, data_digest=dataset.digest, progress=False)
     run = mlflow.get_run(run_id)
@@ -64,6 +64,15 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
                 "phase1_seconds", "test_silhouette", "test_knn_acc", "test_probe_auc"):
         assert key in metrics, key
     assert metrics["test_auc_ci_low"] <= metrics["test_auc"] <= metrics["test_auc_ci_high"]
+    # Phantom-like manifest: metrics against the truth, label noise, the per-type breakdown with CIs.
+    for split in ("train", "val", "test"):
+        for name in ("accuracy", "precision", "recall", "specificity", "f1", "auc", "h", "loss"):
+            assert f"{split}_{name}_true" in metrics, (split, name)
+    assert metrics["test_label_noise"] == pytest.approx(1 / 3)  # 2 of the 6 test fakes untampered
+    for name in ("recall_fm", "recall_fb", "fpr_tm", "fpr_tb", "fpr_lidc", "auc_true", "recall_fm_true"):
+        low, value, high = (metrics[f"test_{name}{s}"] for s in ("_ci_low", "", "_ci_high"))
+        assert low <= value <= high, name
+    assert not [k for k in metrics if "scan_" in k]  # a tiny frame without series: no scan-level keys
     assert tags["medfake.stage"] == "screen" and tags["medfake.data_digest"] == dataset.digest
     assert params["model"] == "MobileNetV3Large" and params["weights_used"] == "none"
     history = mlflow.MlflowClient().get_metric_history(run_id, "phase1_val_loss")
@@ -75,6 +84,11 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
 
     pred = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/test.csv"))
     assert roc_auc_score(pred["label"], pred["score"]) == pytest.approx(metrics["test_auc"], abs=1e-6)
+    truth = pred["truly_tampered"].fillna(0).astype(int)
+    assert roc_auc_score(truth, pred["score"]) == pytest.approx(metrics["test_auc_true"], abs=1e-6)
+    from medfake.core.contract import PREDICTION_COLUMNS
+
+    assert tuple(pred.columns) == PREDICTION_COLUMNS and len(pred) == 12
     # The logged detector scores HU slices through pyfunc exactly like the Keras model.
     x = np.asarray(dataset.images[:4], np.float32)[..., None]
     scored = np.asarray(mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x)).reshape(-1)
@@ -87,7 +101,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     code = main(["train", "--model", "baseline", "--data", dataset.digest, "--quiet", *sum((["--set", s] for s in TINY), [])])
     assert code == 0
     base = mlflow.search_runs(experiment_names=["medfake-test"], filter_string="params.model = 'baseline'")
-    assert len(base) == 1 and "metrics.test_h" in base.columns
+    assert len(base) == 1 and "metrics.test_h" in base.columns and "metrics.test_recall_fb" in base.columns
 
 
 @pytest.mark.slow
@@ -120,6 +134,9 @@ def test_interrupted_run_is_killed_then_resumes(tmp_path, tracking_store, monkey
     assert run_id == killed.info.run_id
     done = mlflow.get_run(run_id)
     assert done.info.status == "FINISHED" and "test_auc" in done.data.metrics
+    # No truth in the manifest (real data): no `_true` key, no label noise — absent, not zero.
+    assert not [k for k in done.data.metrics if "_true" in k or "label_noise" in k]
+    assert "test_recall_fm" in done.data.metrics and "test_recall_fb" not in done.data.metrics
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "phase1_val_loss")]
     assert steps == [0, 1, 2]  # resumed at epoch 2, nothing redone
 
