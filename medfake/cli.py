@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("medfake.study.tune", "hyperparameter search with Optuna over the train step; resumable, parallel"),
     "bench": ("medfake.bench", "benchmarks: preprocess, latency, train"),
     "select": ("medfake.study.select", "rank screened backbones by H, repeat the top k, compare them (Tables A1, 2)"),
+    "ensemble": ("medfake.study.ensemble", "combine the top selected detectors into one logged, servable detector"),
     "paper": ("medfake.study.paper", "the whole study for a config: preprocess, screen, select, report (resumable)"),
     "report": ("medfake.study.report", "render the study's tables and figures from the tracking store"),
     "promote": ("medfake.registry.promote", "register the best run's detector and move the champion alias by a stated rule"),

@@ -95,6 +95,16 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """What ``paper`` runs after ``select``: the ensemble of the top models (issue 14)."""
+
+    ensemble: bool = False
+    ensemble_top_k: int = 3
+    ensemble_combiner: Literal["mean", "logit-mean", "stacking"] = "mean"
+    generalise_to: str | None = None  # data config the kept models are evaluated on (generalisation table)
+
+
+@dataclass(frozen=True)
 class Config:
     experiment: str = "medfake"
     seed: int = 42
@@ -102,6 +112,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     # -- derived views -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -112,8 +123,14 @@ class Config:
         return flatten(self.to_dict())
 
     def digest(self) -> str:
-        """Stable hash of the resolved config (tag ``medfake.config_digest``)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """Stable hash of the resolved config (tag ``medfake.config_digest``).
+
+        The ``study`` section is left out: it says which steps ``paper`` drives, not what any run
+        computes, so switching the ensemble on keeps every finished train run reusable.
+        """
+        settings = self.to_dict()
+        settings.pop("study")
+        text = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

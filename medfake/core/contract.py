@@ -44,6 +44,16 @@ STAGE_PAPER = "paper"
 STAGE_EVALUATE = "evaluate"
 STAGE_EXPLAIN = "explain"
 STAGE_ENSEMBLE = "ensemble"
+# ensemble runs: the member runs (comma-separated, in member order), the select run they came from,
+# and the member the ensemble is compared with (highest test AUC)
+TAG_ENSEMBLE_MEMBERS = "medfake.ensemble_members"
+TAG_ENSEMBLE_SELECT_RUN = "medfake.ensemble_select_run"
+TAG_ENSEMBLE_BEST_MEMBER = "medfake.ensemble_best_member"
+# ensemble's `test_` metrics against its best member: AUC difference, DeLong p, McNemar p at the threshold
+AUC_DELTA_VS_BEST = "auc_delta_vs_best_member"
+DELONG_P_VS_BEST = "delong_p_vs_best_member"
+MCNEMAR_P_VS_BEST = "mcnemar_p_vs_best_member"
+ENSEMBLE_COMBINERS = ("mean", "logit-mean", "stacking")  # `medfake ensemble --combiner`, config study.ensemble_combiner
 
 # -- models and registry -------------------------------------------------------------------
 BASELINE = "baseline"  # the HU-histogram floor, trained by `medfake train --model baseline`
