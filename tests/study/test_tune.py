@@ -60,7 +60,7 @@ def experiments_dir(tmp_path, monkeypatch) -> Path:
 
 # -- the search space -----------------------------------------------------------------------
 def test_default_space_is_valid_for_the_shipped_experiments():
-    from medfake.study.tune import check_space, load_spec
+    from medfake.study.tune_space import check_space, load_spec
 
     spec = load_spec(config_module.EXPERIMENTS_DIR / "tune.yaml")
     assert (spec.metric, spec.direction, spec.pruner, spec.pruner_metric) == ("val_auc", "maximize", "median", "val_auc")
@@ -77,7 +77,7 @@ def test_default_space_is_valid_for_the_shipped_experiments():
 def test_list_choices_round_trip_through_optuna():
     import optuna
 
-    from medfake.study.tune import CategoricalParam
+    from medfake.study.tune_space import CategoricalParam
 
     param = CategoricalParam("model.head_units", ([512, 256], [1024, 256]))
     trial = optuna.trial.FixedTrial({"model.head_units": "[1024, 256]"})
@@ -154,7 +154,7 @@ def test_bad_options_are_one_line_before_any_trial(tmp_path, tracking_store, cap
 
 
 def test_default_storage_is_beside_the_tracking_store(tmp_path):
-    from medfake.study.tune import default_storage_path
+    from medfake.study.tune_storage import default_storage_path
 
     assert default_storage_path(f"sqlite:///{tmp_path}/store/mlflow.db") == tmp_path / "store" / "optuna.journal"
     assert default_storage_path("sqlite:///mlflow.db") == Path("optuna.journal")
@@ -191,7 +191,8 @@ def test_tuned_file_is_an_override_file_train_accepts(experiments_dir):
 
 def test_joining_a_study_made_for_another_setup_is_refused(tmp_path):
     from medfake.training.train import resolve_plan
-    from medfake.study.tune import Search, load_spec, open_storage, open_study
+    from medfake.study.tune_space import load_spec
+    from medfake.study.tune_storage import Search, open_storage, open_study
 
     storage, shown = open_storage(str(tmp_path / "optuna.journal"))
     plan = resolve_plan(MODEL, load_config("quickstart", ONE_EPOCH), "tune")
