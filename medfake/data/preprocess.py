@@ -47,11 +47,7 @@ def montage_rows(dataset: Dataset, radius: int, max_rows: int = 3, window=(-600.
 
 # -- MLflow -------------------------------------------------------------------------------
 def finished_preprocess_run(cfg: Config, digest: str):
-    runs = tracking.finished_runs(
-        cfg.experiment,
-        f"tags.`{tracking.TAG_STAGE}` = 'preprocess' and tags.`{tracking.TAG_DATA_DIGEST}` = '{digest}'",
-    )
-    return runs[0] if runs else None
+    return tracking.find_finished_run(cfg.experiment, stage="preprocess", tags={tracking.TAG_DATA_DIGEST: digest})
 
 
 def preprocess(cfg: Config, progress: bool = True, detached: bool = False) -> tuple[Dataset, str]:
