@@ -16,6 +16,7 @@ from pathlib import Path
 from medfake.study import generalisation
 from medfake.core import tracking
 from medfake.core.contract import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, STAGE_SELECT, TAG_DATA_DIGEST, TAG_DEVICE, TAG_STAGE, metric_key
+from medfake.core.contract import BREAKDOWN_METRICS, LABEL_NOISE, TRUE_SUFFIX
 from medfake.core.errors import UserError
 from medfake.models import published as study
 from medfake.study.ranking import RANK_SPLITS, Selection, rank_models, screen_runs, search_runs, tag_filter, use_store
@@ -87,11 +88,37 @@ def table1_frame(selection: Selection):
     rows = []
     for entry in sorted(selection.ranked, key=lambda e: e.model):
         row = {"model": entry.model, "run_id": entry.run_id}
-        for name in METRICS:
+        for name in (*METRICS, *TRUTH_COLUMNS, *BREAKDOWN_METRICS):  # truth, breakdown: NaN where absent
             for suffix in ("", CI_LOW_SUFFIX, CI_HIGH_SUFFIX):
                 row[f"{name}{suffix}"] = entry.metrics.get(metric_key("test", f"{name}{suffix}"), math.nan)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# Table 1's second part (issue 12): against the phantom's true tamper extents, and per tamper type.
+TRUTH_COLUMNS = (f"auc{TRUE_SUFFIX}", f"recall{TRUE_SUFFIX}", f"specificity{TRUE_SUFFIX}", f"h{TRUE_SUFFIX}", LABEL_NOISE)
+_COLUMN_TITLES = {"auc": "AUC (±radius labels)", "auc_true": "AUC (true)", "recall_true": "Recall (true)",
+                  "specificity_true": "Specificity (true)", "h_true": "H (true)", "label_noise": "Label noise", "recall_fm": "Recall FM (injected)",
+                  "recall_fb": "Recall FB (removed)", "fpr_tm": "FPR TM (real cancer)", "fpr_tb": "FPR TB",
+                  "fpr_lidc": "FPR LIDC"}
+
+
+def table1_truth_markdown(frame) -> str | None:
+    """AUC against the ±radius labels beside the truth metrics (phantom only) and the FM/FB/TM/TB/LIDC
+    breakdown, with CIs; columns no run has are left out, None when none has any."""
+    names = [n for n in ("auc", *TRUTH_COLUMNS, *BREAKDOWN_METRICS)
+             if n in frame.columns and frame[n].notna().any()]
+    if len(names) <= 1:
+        return None
+    rows = []
+    for row in frame.to_dict("records"):
+        cells = []
+        for name in names:
+            low, high = row.get(f"{name}{CI_LOW_SUFFIX}", math.nan), row.get(f"{name}{CI_HIGH_SUFFIX}", math.nan)
+            interval = f" [{fmt(low, 3)}, {fmt(high, 3)}]" if math.isfinite(low) and math.isfinite(high) else ""
+            cells.append(fmt(row[name], 3) + interval)
+        rows.append([row["model"], *cells])
+    return markdown_table(["Model", *[_COLUMN_TITLES[n] for n in names]], rows)
 
 
 def table1_markdown(frame) -> str:
@@ -309,6 +336,11 @@ def readme(experiment, selection, results, table1, table3, params, devices, figu
         "## Table 1 — every screened model, one run (test set)", "",
         "Ours with 95 % bootstrap intervals (stratified, from the train step); the study's Table 1 below each model.", "",
         table1_markdown(table1),
+        *(["### Table 1, continued — against the true tamper extents and per tamper type (test set)", "",
+           "Truth columns (phantom only) score every slice by whether it was truly tampered, not by the study's "
+           "±radius labels; label noise = share of ±radius fakes not truly tampered. Recall FM/FB: fakes of that "
+           "tamper type found; FPR: real slices of that kind called fake (TM = real cancer).", "",
+           table1_truth_markdown(table1)] if table1_truth_markdown(table1) else []),
         f"## Table A1 — H = harmonic mean of accuracy, F1 and specificity ({selection.rank_on} split)", "",
         f"The {kept} repeated backbones are in bold (the study marked its six best, chosen on test metrics). "
         "The baseline is ranked as the floor but never repeated.", "",

@@ -107,3 +107,17 @@ def test_study_numbers_cover_all_thirteen_backbones():
         assert study.TABLE3[backbone.name]["params_m"] == backbone.paper_params_m
         assert (study.TABLE3[backbone.name]["latency_ms_mean"], study.TABLE3[backbone.name]["latency_ms_std"]) == \
             tuple(backbone.paper_latency_ms)
+
+
+def test_table1_truth_and_breakdown_columns_only_where_logged():
+    import pandas as pd
+
+    from medfake.study.report import table1_truth_markdown
+
+    phantom = pd.DataFrame([{"model": "A", "auc": 0.9, "auc_ci_low": 0.85, "auc_ci_high": 0.95, "auc_true": 0.95,
+                             "auc_true_ci_low": 0.9, "auc_true_ci_high": 0.99, "label_noise": 0.15,
+                             "recall_fm": 0.8, "recall_fm_ci_low": 0.7, "recall_fm_ci_high": 0.9, "fpr_tm": float("nan")}])
+    text = table1_truth_markdown(phantom)
+    assert "AUC (true)" in text and "0.950 [0.900, 0.990]" in text and "Recall FM" in text
+    assert "FPR TM" not in text  # no run logged it
+    assert table1_truth_markdown(pd.DataFrame([{"model": "A", "auc": 0.9}])) is None  # older runs: no table
