@@ -4,6 +4,7 @@ wheel, and a user's ./experiments/ file overrides the shipped one."""
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -21,9 +22,14 @@ def installed(tmp_path_factory) -> Path:
     """A fresh venv holding medfake installed from a built wheel (not editable). Its third-party
     dependencies come from the test's own environment through a .pth line, so nothing is downloaded."""
     root = tmp_path_factory.mktemp("install")
+    source = root / "source"  # a copy, so the build leaves no build/ folder in the checkout
+    source.mkdir()
+    shutil.copytree(CHECKOUT / "medfake", source / "medfake", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(CHECKOUT / name, source / name)
     wheels = root / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(CHECKOUT)], check=True, timeout=600, capture_output=True)
+                    str(source)], check=True, timeout=600, capture_output=True)
     (wheel,) = wheels.glob("medfake-*.whl")
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
