@@ -156,7 +156,7 @@ def select(launcher: Launcher, options: SelectOptions = SelectOptions(), data_di
             jobs, warnings = repeat_jobs(selection, repeats, parent=active.info.run_id)
             for warning in warnings:
                 say(f"warning: {warning}")
-            _, failures = launcher.run_jobs(jobs, "repeat")
+            _, failures = launcher.run_jobs(jobs, STAGE_REPEAT)
         results = gather(selection, repeats)
         results.select_run_id = active.info.run_id
         log_results(results)

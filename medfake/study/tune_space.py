@@ -220,7 +220,7 @@ def load_spec(path: str | os.PathLike, objective: str | None = None) -> TuneSpec
         if key not in known:
             raise UserError(f"{path}: unknown key '{key}' (expected {', '.join(sorted(known))})")
     obj = _section(raw, "objective", path)
-    metric = objective or obj.get("metric", "val_auc")
+    metric = objective or obj.get("metric", metric_key("val", "auc"))
     natural = "minimize" if str(metric).endswith("_loss") else "maximize"
     direction = natural if objective else obj.get("direction", natural)
     if metric not in OBJECTIVE_METRICS:
