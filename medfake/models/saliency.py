@@ -38,6 +38,7 @@ class CamModel:
     logit: Callable
     layer: str
     input_size: int
+    compiled: Callable | None = None   # the backend's compiled map function, made on first use
 
 
 def _cam_layer_of(backbone: keras.Model, model_name: str) -> str:
@@ -142,19 +143,36 @@ def grad_cam(model: keras.Model | CamModel, images: np.ndarray, batch_size: int 
     zeros where no location raised the logit; ``positive=False`` keeps the signed map.
     """
     split = model if isinstance(model, CamModel) else cam_model(model)
+    if split.compiled is None:
+        split.compiled = _compile(split)
     x = np.asarray(images, np.float32)
     if x.ndim == 3:
         x = x[..., None]
     out = np.zeros(x.shape[:3], np.float32)
     for start in range(0, len(x), max(int(batch_size), 1)):
         chunk = x[start:start + batch_size]
-        a = split.body(chunk, training=False)
-        grads = ops.convert_to_numpy(ops.cast(_gradients(split.logit, a), "float32"))
-        acts = ops.convert_to_numpy(ops.cast(a, "float32"))
-        weights = grads.mean(axis=(1, 2))                        # (n, C): channel importance
-        cam = np.einsum("nhwc,nc->nhw", acts, weights)
+        cam = ops.convert_to_numpy(split.compiled(chunk))
         out[start:start + len(chunk)] = resize(cam, x.shape[1]) if cam.shape[1:] != x.shape[1:3] else cam
     return np.maximum(out, 0.0) if positive else out
+
+
+def _compile(split: CamModel) -> Callable:
+    """(n, S, S, 1) → signed Grad-CAM (n, h, w) at the layer's resolution, one graph under TensorFlow.
+
+    Run eagerly, the body costs several inference steps; as one ``tf.function`` the map costs about
+    a forward pass plus the head's backward pass (reports/benchmarks/explain.md).
+    """
+    def cams(x):
+        a = split.body(x, training=False)
+        grads = ops.cast(_gradients(split.logit, a), "float32")
+        weights = ops.mean(grads, axis=(1, 2), keepdims=True)      # (n, 1, 1, C): channel importance
+        return ops.sum(ops.cast(a, "float32") * weights, axis=-1)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(cams, reduce_retracing=True)
+    return cams
 
 
 def background_hu(window: tuple[float, float]) -> float:

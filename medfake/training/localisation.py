@@ -19,6 +19,7 @@ treated as misses.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,6 +229,7 @@ def localisation_metrics(split: str, method: str, maps: np.ndarray, truth: Truth
 
 # -- maps of a Keras detector on dataset slices (the train step's hook, `medfake explain`) -------
 MAX_RANDOMISATION_SLICES = 32   # the re-initialised maps are a check, not a second evaluation
+TRAIN_OCCLUSION_SLICES = 32     # the train step's occlusion sample (one forward pass per patch and slice)
 
 
 @dataclass
@@ -242,11 +244,14 @@ class SplitMaps:
 
 def explain_slices(model, images: np.ndarray, rows: pd.DataFrame, window: tuple[float, float], split: str,
                    methods: tuple[str, ...] = ("cam", "occlusion"), only_scored: bool = True, seed: int = 0,
-                   batch_size: int = 16, data_size: int | None = None) -> SplitMaps:
+                   batch_size: int = 16, data_size: int | None = None,
+                   occlusion_limit: int | None = None) -> SplitMaps:
     """Grad-CAM/occlusion maps of a Keras detector on HU slices (n, S, S[, 1]) and their localisation metrics.
 
-    With ``only_scored`` only slices with a tamper position are mapped (all a metric needs); the
-    randomisation check maps at most MAX_RANDOMISATION_SLICES of them again with fresh weights.
+    With ``only_scored`` only slices with a tamper position are mapped (all a metric needs). Occlusion
+    costs one forward pass per patch, so ``occlusion_limit`` maps a seeded sample of at most that many
+    slices with it (its metrics are over that sample; ``maps["occlusion"]`` holds NaN elsewhere). The
+    randomisation check maps at most MAX_RANDOMISATION_SLICES scored slices again with fresh weights.
     """
     from medfake.models import saliency
 
@@ -261,21 +266,26 @@ def explain_slices(model, images: np.ndarray, rows: pd.DataFrame, window: tuple[
     maps: dict[str, np.ndarray] = {}
     metrics: dict[str, float] = {}
     random_model = saliency.reinitialised(model) if len(x) else None
-    check = x[np.flatnonzero(sub.scored)[:MAX_RANDOMISATION_SLICES]]
     for method in methods:
+        chosen = np.arange(len(x))
+        if method == "occlusion" and occlusion_limit is not None and len(x) > occlusion_limit:
+            chosen = np.sort(np.random.default_rng(seed).choice(len(x), int(occlusion_limit), replace=False))
+        part = Truth(sub.xy[chosen], sub.radius[chosen], sub.label_type[chosen], sub.fake[chosen])
+        check = x[chosen[part.scored][:MAX_RANDOMISATION_SLICES]]
         if method == "cam":
-            maps[method] = saliency.grad_cam(model, x, batch_size) if len(x) else np.zeros((0, size, size), np.float32)
-            random_maps = saliency.grad_cam(random_model, check, batch_size) if len(check) else None
+            def make(m, batch):
+                return saliency.grad_cam(m, batch, batch_size)
         else:
             fill = saliency.background_hu(window)
-            maps[method] = (saliency.occlusion(model.predict_on_batch, x, fill, batch_size=4 * batch_size)
-                            if len(x) else np.zeros((0, size, size), np.float32))
-            random_maps = (saliency.occlusion(random_model.predict_on_batch, check, fill, batch_size=4 * batch_size)
-                           if len(check) else None)
-        scored_maps = maps[method][sub.scored]
-        metrics |= localisation_metrics(split, method, maps[method], sub, None, seed)
-        if random_maps is not None:
-            value = randomisation_spearman(scored_maps[: len(random_maps)], random_maps)
+
+            def make(m, batch):
+                return saliency.occlusion(m.predict_on_batch, batch, fill, batch_size=4 * batch_size)
+        mapped = make(model, x[chosen]) if len(chosen) else np.zeros((0, size, size), np.float32)
+        maps[method] = np.full((len(x), size, size), np.nan, np.float32)
+        maps[method][chosen] = mapped
+        metrics |= localisation_metrics(split, method, mapped, part, None, seed)
+        if len(check):
+            value = randomisation_spearman(mapped[part.scored][: len(check)], make(random_model, check))
             if np.isfinite(value):
                 metrics[localisation_key(split, method, "randomisation_spearman")] = value
     metrics[metric_key(split, LOCALISATION_SCORED)] = float(truth.scored.sum())  # the whole split's counts
@@ -296,8 +306,12 @@ def log_localisation(model, dataset, cfg, split: str = "test") -> dict[str, floa
 
     rows = dataset.manifest[dataset.manifest["split"] == split]
     images = np.asarray(dataset.images[rows["row"].to_numpy()], np.float32)
+    if "x" not in rows.columns:
+        print(f"explain: dataset {dataset.digest} predates tamper positions (no x/y in its manifest): "
+              f"localisation not scored; remove {dataset.path} and preprocess again", file=sys.stderr)
     result = explain_slices(model, images, rows.reset_index(drop=True),
                             (cfg.data.window.center, cfg.data.window.width), split, seed=cfg.seed,
-                            batch_size=cfg.train.batch_size, data_size=images.shape[-1])
+                            batch_size=cfg.train.batch_size, data_size=images.shape[-1],
+                            occlusion_limit=TRAIN_OCCLUSION_SLICES)
     mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
     return result.metrics

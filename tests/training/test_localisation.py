@@ -118,3 +118,29 @@ def test_localisation_key_refuses_unknown_names():
     assert localisation_key("test", "occlusion", "energy") == "test_occlusion_energy"
     with pytest.raises(ValueError):
         localisation_key("test", "lime", "energy")
+
+
+def test_the_train_hook_logs_the_test_split_metrics(tracking_store, tmp_path):
+    import mlflow
+    from tiny_data import tiny_dataset
+
+    from medfake.core.config import load_config
+    from medfake.models.detector import build_detector
+
+    dataset = tiny_dataset(tmp_path / "data" / "tiny", n=32, size=32, phantom_like=True)
+    fake = (dataset.manifest["label"] == 1) & (dataset.manifest["truly_tampered"] == "1")
+    dataset.manifest["x"] = np.where(fake, "11.50", "")   # the tiny fakes' bright square, rows/columns 8..15
+    dataset.manifest["y"] = np.where(fake, "11.50", "")
+    dataset.manifest["radius"] = np.where(fake, "4.00", "")
+    cfg = load_config("quickstart", ["data.image_size=32", "train.batch_size=8"])
+    assert cfg.eval.explain and not load_config("base").eval.explain
+    detector = build_detector("VGG19", 32, weights=None, head_units=(8, 4))
+    with mlflow.start_run() as run:
+        metrics = loc.log_localisation(detector, dataset, cfg, "test")
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    test = dataset.manifest[dataset.manifest["split"] == "test"]
+    scored = int(((test["label"] == 1) & (test["truly_tampered"] == "1")).sum())
+    assert logged["test_localisation_scored"] == scored > 0
+    for method in ("cam", "occlusion"):
+        assert 0.0 <= logged[f"test_{method}_hit_rate"] <= 1.0
+        assert logged[f"test_{method}_hit_rate_chance"] == pytest.approx(metrics[f"test_{method}_hit_rate_chance"])
