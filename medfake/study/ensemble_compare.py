@@ -178,3 +178,68 @@ def member_metrics(table) -> dict[str, float]:
             if key not in ("member", "model", "run_id") and isinstance(value, (int, float)) and math.isfinite(value):
                 out[f"member_{row['member']}_{key}"] = float(value)
     return out
+
+
+# -- the report's rows (Table 1, Table 3) and its plain answer ------------------------------------
+def newest_ensembles(experiment: str, data_digest: str) -> list:
+    """The newest FINISHED ensemble run per model label (combiner and members) of the data digest."""
+    from medfake.study.ranking import model_of, search_runs, tag_filter
+
+    runs = search_runs(experiment, tag_filter({contract.TAG_STAGE: contract.STAGE_ENSEMBLE,
+                                               contract.TAG_DATA_DIGEST: data_digest}))
+    newest: dict[str, object] = {}
+    for run in runs:  # newest first
+        newest.setdefault(model_of(run), run)
+    return [newest[label] for label in sorted(newest)]
+
+
+def with_ensemble_rows(frame, runs: list, table: str):
+    """Table 1's or Table 3's frame with one row per ensemble run appended, from its logged metrics.
+
+    Table 1's columns are test metric names (``auc``, ``auc_ci_low`` …); Table 3's are the train
+    run's efficiency metrics, with the device tag; what an ensemble has no value for stays empty.
+    """
+    import pandas as pd
+
+    from medfake.study.ranking import model_of
+
+    rows = []
+    for run in runs:
+        metrics = run.data.metrics
+        row: dict[str, object] = {"model": model_of(run)}
+        for column in frame.columns:
+            if column == "model":
+                continue
+            if table == "table1":
+                row[column] = run.info.run_id if column == "run_id" else metrics.get(contract.metric_key("test", column), math.nan)
+            elif column == "device":
+                row[column] = run.data.tags.get(contract.TAG_DEVICE, "")
+            elif column == "precision":
+                row[column] = ""
+            else:
+                row[column] = metrics.get(column, math.nan)
+        rows.append(row)
+    return pd.concat([frame, pd.DataFrame(rows, columns=frame.columns)], ignore_index=True) if rows else frame
+
+
+def report_section(runs: list) -> str:
+    """Markdown: for every ensemble, one plain sentence on whether it beats its best member (test set)."""
+    if not runs:
+        return ""
+    from medfake.study.ranking import model_of
+
+    lines = ["### The ensemble against its best member (test set)", "",
+             "Not in the study (its discussion proposes such hybrids). The ensemble's row is in Tables 1 and 3; "
+             f"\"better\" means a higher test AUC than its best member with DeLong p < {ALPHA}. McNemar's test "
+             "compares the predicted labels at the decision threshold. Stacking was fitted on the validation "
+             "split only.", ""]
+    for run in runs:
+        m = run.data.metrics
+        delta, delong, mcnemar = (m.get(contract.metric_key("test", key), math.nan) for key in
+                                  (contract.AUC_DELTA_VS_BEST, contract.DELONG_P_VS_BEST, contract.MCNEMAR_P_VS_BEST))
+        best = run.data.tags.get(contract.TAG_ENSEMBLE_BEST_MEMBER, "")
+        members = model_of(run).split(":", 1)[-1].split("+")
+        ids = run.data.tags.get(contract.TAG_ENSEMBLE_MEMBERS, "").split(",")
+        best_model = dict(zip(ids, members)).get(best, best or "?")
+        lines.append(f"- **{model_of(run)}**: {verdict_sentence(delta, delong, mcnemar, best_model)}")
+    return "\n".join(lines) + "\n"

@@ -188,6 +188,40 @@ def test_top_members_follow_select_ranking(tracking_store):
     assert step.check_members(members) == ("d" * 16, base_config().data.image_size)
 
 
+def test_report_adds_the_ensemble_row_and_says_when_it_is_not_better(project, capsys):
+    """Fake screen runs, a select run and an ensemble run that loses to its best member by 0.01 AUC."""
+    import mlflow
+
+    from medfake.study import report
+    from medfake.study import select as sel
+    from medfake.study.launcher import Launcher
+    from study_fakes import EXPERIMENT, FakeLauncher, fake_predictions
+
+    ids = [fake_run(model, predictions=fake_predictions(i)) for i, model in enumerate(("DenseNet121", "ResNet50V2"))]
+    sel.select(Launcher(EXPERIMENT, launch=FakeLauncher(), say=lambda m: None), sel.SelectOptions("val", 2, 0))
+    client = mlflow.MlflowClient()
+    label = "ensemble-mean:ResNet50V2+DenseNet121"
+    tags = {contract.TAG_STAGE: contract.STAGE_ENSEMBLE, contract.TAG_DATA_DIGEST: "d" * 16, contract.TAG_MODEL: label,
+            contract.TAG_ENSEMBLE_MEMBERS: f"{ids[1]},{ids[0]}", contract.TAG_ENSEMBLE_BEST_MEMBER: ids[1],
+            contract.TAG_DEVICE: "cpu: test (2 cores)"}
+    run_id = client.create_run(client.get_experiment_by_name(EXPERIMENT).experiment_id, run_name="Ensemble-mean-k2-s42",
+                               tags=tags).info.run_id
+    metrics = {"test_auc": 0.9512, "test_auc_ci_low": 0.93, "test_auc_ci_high": 0.97, "test_accuracy": 0.9,
+               "test_precision": 0.9, "test_recall": 0.9, "test_specificity": 0.9, "test_f1": 0.9, "test_h": 0.9,
+               "test_auc_delta_vs_best_member": -0.01, "test_delong_p_vs_best_member": 0.42,
+               "test_mcnemar_p_vs_best_member": 0.8, "params_m": 31.5, "latency_ms_mean": 44.0, "latency_ms_std": 2.0}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.set_terminated(run_id)
+    text = report.render(EXPERIMENT, project / "out", "d" * 16).read_text()
+    assert f"| {label} | ours | 0.9000 |" in text  # Table 1: ours, no study row
+    assert f"| {label} | 31.50 | — | 44.0 ± 2.0 | — |" in text  # Table 3
+    assert (f"- **{label}**: Not better: test AUC -0.0100 against the best member ResNet50V2 "
+            "(DeLong p = 0.42, McNemar p = 0.8).") in text
+    table1 = pd.read_csv(project / "out" / "tables" / "table1.csv")
+    assert table1.loc[table1["model"] == label, "auc_ci_low"].item() == 0.93
+
+
 # -- the whole step on two trained detectors --------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as probe:
