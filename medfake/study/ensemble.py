@@ -291,6 +291,27 @@ def members_for(cfg: Config, runs_text: str, select_run_id: str, data_digest: st
     return top_members(ranked, rank_on, k), select_run.info.run_id
 
 
+def paper_ensemble(cfg: Config, select_run_id: str, say, quiet: bool = False) -> str | None:
+    """``paper``'s ensemble step (config ``study.ensemble``): the top ``study.ensemble_top_k`` of the
+    select run, combined by ``study.ensemble_combiner``; a finished ensemble of the same members and
+    combiner is reused. Fewer than two ranked backbones: said, and skipped. Returns the run id."""
+    if not cfg.study.ensemble:
+        return None
+    combiner = cfg.study.ensemble_combiner
+    try:
+        members, _ = members_for(cfg, "", select_run_id, "", cfg.study.ensemble_top_k, cfg.experiment)
+    except UserError as exc:
+        say(f"ensemble: skipped ({exc})")
+        return None
+    ids = [run.info.run_id for run in members]
+    previous = existing_ensemble(cfg.experiment, ids, combiner, check_members(members)[0])
+    if previous is not None:
+        say(f"ensemble: reusing finished ensemble run {previous.info.run_id} ({combiner} of {len(ids)} members)")
+        return previous.info.run_id
+    say(f"ensemble: {combiner} of {', '.join(model_of(run) for run in members)}")
+    return ensemble(cfg, members, combiner, select_run_id, nested=True, progress=not quiet)
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)

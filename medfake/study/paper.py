@@ -18,6 +18,7 @@ from medfake.core.contract import BASELINE, STAGE_PAPER, STAGE_SCREEN
 from medfake.core.errors import UserError
 from medfake.data.preprocess import ensure_dataset
 from medfake.study import generalisation, report
+from medfake.study.ensemble import paper_ensemble
 from medfake.study.launcher import Launcher, RepeatsFailed, TrainJob, write_config
 from medfake.study.ranking import rank_models, screen_runs
 from medfake.study.select import SelectOptions, add_selection_arguments, existing_select, launcher_from_args, select
@@ -123,6 +124,7 @@ def paper(cfg, options: PaperOptions, launcher: Launcher) -> Path:
             say(f"step 3/4 select: rank on {ranking.rank_on}, top {ranking.top_k}, {ranking.repeats} repeat(s) each")
             select_run_id = select(launcher, ranking, digest, nested=True, run_ids=screened).select_run_id
         generalisation.generalise(cfg, options.overrides, selection.kept, say, options.quiet)
+        paper_ensemble(cfg, select_run_id, say, options.quiet)  # config study.ensemble (issue 14)
         say(f"step 4/4 report: {out}")
         readme = report.render(experiment, out, digest, select_run_id=select_run_id)
         mlflow.log_artifacts(str(out), "report")

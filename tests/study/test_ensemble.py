@@ -188,17 +188,18 @@ def test_top_members_follow_select_ranking(tracking_store):
     assert step.check_members(members) == ("d" * 16, base_config().data.image_size)
 
 
-def test_report_adds_the_ensemble_row_and_says_when_it_is_not_better(project, capsys):
-    """Fake screen runs, a select run and an ensemble run that loses to its best member by 0.01 AUC."""
+def fake_study():
+    """Fake screen runs (DenseNet121, ResNet50V2), a select run over them, and a finished `mean` ensemble
+    of both that loses to its best member by 0.01 AUC; returns (select run id, ensemble run id, label)."""
     import mlflow
 
-    from medfake.study import report
     from medfake.study import select as sel
     from medfake.study.launcher import Launcher
     from study_fakes import EXPERIMENT, FakeLauncher, fake_predictions
 
     ids = [fake_run(model, predictions=fake_predictions(i)) for i, model in enumerate(("DenseNet121", "ResNet50V2"))]
-    sel.select(Launcher(EXPERIMENT, launch=FakeLauncher(), say=lambda m: None), sel.SelectOptions("val", 2, 0))
+    select_run_id = sel.select(Launcher(EXPERIMENT, launch=FakeLauncher(), say=lambda m: None),
+                               sel.SelectOptions("val", 2, 0)).select_run_id
     client = mlflow.MlflowClient()
     label = "ensemble-mean:ResNet50V2+DenseNet121"
     tags = {contract.TAG_STAGE: contract.STAGE_ENSEMBLE, contract.TAG_DATA_DIGEST: "d" * 16, contract.TAG_MODEL: label,
@@ -212,7 +213,16 @@ def test_report_adds_the_ensemble_row_and_says_when_it_is_not_better(project, ca
                "test_mcnemar_p_vs_best_member": 0.8, "params_m": 31.5, "latency_ms_mean": 44.0, "latency_ms_std": 2.0}
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
+    client.log_param(run_id, "combiner", "mean")
     client.set_terminated(run_id)
+    return select_run_id, run_id, label
+
+
+def test_report_adds_the_ensemble_row_and_says_when_it_is_not_better(project):
+    from medfake.study import report
+    from study_fakes import EXPERIMENT
+
+    _, _, label = fake_study()
     text = report.render(EXPERIMENT, project / "out", "d" * 16).read_text()
     assert f"| {label} | ours | 0.9000 |" in text  # Table 1: ours, no study row
     assert f"| {label} | 31.50 | — | 44.0 ± 2.0 | — |" in text  # Table 3
@@ -220,6 +230,20 @@ def test_report_adds_the_ensemble_row_and_says_when_it_is_not_better(project, ca
             "(DeLong p = 0.42, McNemar p = 0.8).") in text
     table1 = pd.read_csv(project / "out" / "tables" / "table1.csv")
     assert table1.loc[table1["model"] == label, "auc_ci_low"].item() == 0.93
+
+
+def test_paper_runs_the_ensemble_when_configured_and_reuses_a_finished_one(project):
+    from study_fakes import EXPERIMENT
+
+    select_run_id, run_id, _ = fake_study()
+    said = []
+    cfg = base_config(EXPERIMENT)
+    assert step.paper_ensemble(cfg, select_run_id, said.append) is None and not said  # study.ensemble: false
+    on = cfg.replace(**{"study.ensemble": True, "study.ensemble_top_k": 2})
+    assert step.paper_ensemble(on, select_run_id, said.append) == run_id  # same members (select's order), combiner
+    assert said == [f"ensemble: reusing finished ensemble run {run_id} (mean of 2 members)"]
+    assert step.paper_ensemble(on.replace(**{"study.ensemble_top_k": 1}), select_run_id, said.append) is None
+    assert said[-1] == "ensemble: skipped (an ensemble needs at least 2 ranked detectors, found 1 (ResNet50V2))"
 
 
 # -- the whole step on two trained detectors --------------------------------------------------------
