@@ -146,6 +146,31 @@ def test_verdict_says_plainly_when_it_is_not_better(delta, p, starts):
     assert cmp.verdict_sentence(delta, p, 0.5, "X").startswith(starts)
 
 
+@pytest.mark.slow
+def test_speed_beside_the_members_on_keras_and_the_fastest_runtime():
+    from medfake.models import ensemble as ens
+    from medfake.models.runtime import available_runtimes
+
+    members = [tiny_detector(1), tiny_detector(2)]
+    model = ens.build_ensemble(members, ["A", "B"], "logit-mean")
+    speed = cmp.measure(model, members, hu_batch(8), 3, "auto")
+    fastest = available_runtimes()[0]
+    assert len(speed.keras) == 3 and all(mean > 0 for mean, _ in speed.keras)
+    assert speed.runtime == ("" if fastest == "keras" else fastest)
+    if speed.runtime:
+        assert len(speed.fast) == 3 and set(speed.runtime_metrics()) == {f"{fastest}_latency_ms_mean",
+                                                                         f"{fastest}_latency_ms_std"}
+    labels = np.arange(8) % 2
+    scores = np.column_stack([m.predict_on_batch(hu_batch(8)).reshape(-1) for m in members])
+    table = cmp.efficiency_table("ens", ["A", "B"], ["r1", "r2"], labels, scores.mean(axis=1), scores,
+                                 [model, *members], speed, 0.5)
+    assert table["model"].tolist() == ["ens", "A", "B"] and table["run_id"].tolist() == ["", "r1", "r2"]
+    assert table.loc[1, "test_auc"] == pytest.approx(mt.rank_auc(labels, scores[:, 0]))
+    metrics = cmp.member_metrics(table)
+    assert metrics["member_2_params_m"] == pytest.approx(members[1].count_params() / 1e6)
+    assert metrics["member_1_latency_ms_mean"] == speed.keras[1][0] and not any(k.startswith("member_0") for k in metrics)
+
+
 # -- choosing the members (fake runs, no training) --------------------------------------------------
 def test_members_must_share_data_and_size(tracking_store, capsys):
     cfg = base_config("medfake-test")
