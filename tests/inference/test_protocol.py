@@ -95,3 +95,34 @@ def test_z_iou_and_tamper_hits_by_hand():
     assert verdict.z_iou([(10, 14)], [(12, 16)]) == pytest.approx(3 / 7)
     assert verdict.z_iou([], []) == 1.0 and verdict.z_iou([(1, 1)], []) == 0.0
     assert verdict.tamper_hits([(10, 12)], [(12, 20), (13, 20), (1, 10)]) == 2
+
+
+def test_a_models_column_of_scores_gives_the_same_verdict_as_a_flat_profile():
+    # model.predict returns (n, 1); the rule reads it as one profile in z order.
+    flat = [0.2, 0.8, 0.1, 0.6, 0.95, 0.7, 0.3]
+    column = np.array(flat)[:, None]
+    assert verdict.suspicious_ranges(column, 0.5) == verdict.suspicious_ranges(flat, 0.5) == [(1, 1), (3, 5)]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecated array-to-scalar conversion on the way
+        result = verdict.series_verdict(column, threshold=0.5, min_slices=2)
+    assert result == verdict.series_verdict(flat, threshold=0.5, min_slices=2)
+    assert type(result.max_score) is float
+
+
+def test_scan_level_takes_columns_and_0_1_numbers():
+    tampered = [1, 1, 0, 0]                        # 0/1 integers, not booleans
+    suspicious = np.array([[1.0], [0.0], [1.0], [0.0]])  # a column of 0./1. floats
+    level = verdict.scan_level(tampered, suspicious, max_scores=np.array([[0.9], [0.3], [0.6], [0.1]]))
+    assert (level["tampered"], level["untampered"], level["detected"], level["false_alarms"]) == (2, 2, 1, 1)
+    assert level["auc"] == pytest.approx(3 / 4)
+
+
+def test_bad_inputs_say_what_is_wrong():
+    with pytest.raises(ValueError, match="^a series verdict needs at least one slice score$"):
+        verdict.series_verdict(np.zeros(0))
+    with pytest.raises(ValueError, match=r"^tampered \(2\) and suspicious \(1\) differ in length$"):
+        verdict.scan_level([True, False], [True])
+    with pytest.raises(ValueError, match=r"^tampered \(2\) and max_scores \(3\) differ in length$"):
+        verdict.scan_level([True, False], [True, False], max_scores=[0.1, 0.2, 0.3])

@@ -174,3 +174,43 @@ def test_the_detector_head_is_gap_512_256_one_sigmoid(paper):
     activations = [layer.activation.__name__ for layer in reversed(chain[:3])]
     assert activations == ["relu", "relu", "sigmoid"]
     assert model.output_shape == (None, 1)
+
+
+# -- the significance tests select reports beside Table 2 (killing mutants the suite missed) ------
+def test_mcnemar_uses_chi_square_from_25_discordant_pairs_with_one_degree_of_freedom():
+    # 20 slices only A gets right, 5 only B: 25 discordant → (|20 - 5| - 1)² / 25 = 7.84, 1 d.o.f.
+    y = np.ones(30, dtype=int)
+    a = np.array([1] * 20 + [0] * 5 + [1] * 5)
+    b = np.array([0] * 20 + [1] * 5 + [1] * 5)
+    statistic, p = metrics.mcnemar(y, a, b)
+    assert statistic == pytest.approx(7.84)
+    assert p == pytest.approx(math.erfc(math.sqrt(7.84 / 2)), rel=1e-9)  # χ²(1) survival function
+    # 24 discordant: the exact binomial test, statistic = min(b, c).
+    statistic, p = metrics.mcnemar(*(np.delete(v, 24) for v in (y, a, b)))  # one only-B slice less
+    assert statistic == 4.0
+    assert p == pytest.approx(2 * sum(math.comb(24, k) for k in range(5)) / 2**24, rel=1e-9)
+
+
+def test_mcnemar_rejects_bad_inputs_by_name():
+    with pytest.raises(ValueError, match="^labels must be binary"):
+        metrics.mcnemar([0, 2], [0, 1], [0, 1])
+    with pytest.raises(ValueError, match="^pred_a must be binary"):
+        metrics.mcnemar([0, 1], [0, 3], [0, 1])
+    with pytest.raises(ValueError, match="^pred_b must be binary"):
+        metrics.mcnemar([0, 1], [0, 1], [5, 1])
+    with pytest.raises(ValueError, match=r"^shapes differ: \(3,\), \(2,\), \(3,\)$"):
+        metrics.mcnemar([0, 1, 1], [0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="^shapes differ"):
+        metrics.mcnemar([[0, 1]], [[0, 1]], [[1, 1]])  # equal shapes, but not one sample axis
+
+
+def test_delong_needs_two_of_each_class_and_separates_opposite_rankings():
+    y = [1, 1, 0, 0]
+    auc_a, auc_b, z, p = metrics.delong_auc_test(y, [0.9, 0.8, 0.1, 0.2], [0.1, 0.2, 0.9, 0.8])
+    assert (auc_a, auc_b) == (1.0, 0.0)
+    assert z == math.inf and p == 0.0  # no variance, different AUCs: certainly different
+    assert metrics.delong_auc_test(y, [0.9, 0.2, 0.8, 0.1], [0.9, 0.2, 0.8, 0.1])[2:] == (0.0, 1.0)
+    with pytest.raises(ValueError, match="^DeLong's test needs two samples of each class, got 1 fake, 5 real$"):
+        metrics.delong_auc_test([1, 0, 0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5], [0.5] * 6)
+    with pytest.raises(ValueError, match="got 5 fake, 1 real"):
+        metrics.delong_auc_test([0, 1, 1, 1, 1, 1], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5], [0.5] * 6)
