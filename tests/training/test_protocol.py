@@ -214,3 +214,19 @@ def test_delong_needs_two_of_each_class_and_separates_opposite_rankings():
         metrics.delong_auc_test([1, 0, 0, 0, 0, 0], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5], [0.5] * 6)
     with pytest.raises(ValueError, match="got 5 fake, 1 real"):
         metrics.delong_auc_test([0, 1, 1, 1, 1, 1], [0.9, 0.1, 0.2, 0.3, 0.4, 0.5], [0.5] * 6)
+
+
+def test_specificity_and_h_edge_cases_by_hand():
+    only_fakes = metrics.binary_metrics([1, 1, 1], [0.9, 0.2, 0.7])
+    assert only_fakes["specificity"] == 0.0 and only_fakes["h"] == 0.0  # no real slice: 0, not 1 or NaN
+    # tn == fp (1 each): specificity 1/2, not the zero-division fallback.
+    assert metrics.binary_metrics([1, 0, 0], [0.9, 0.2, 0.7])["specificity"] == 0.5
+    # From bootstrap indices: every fake missed → F1 = 0 → H = 0.
+    row = metrics.metrics_from_indices([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4], np.arange(4))
+    assert row[metrics.METRICS.index("f1")] == 0.0 and row[metrics.METRICS.index("h")] == 0.0
+
+
+def test_calibration_error_bins_by_hand():
+    # Ten bins of width 0.1; 0.85 and 0.95 fall in different bins, 1.0 in the last one.
+    assert metrics.expected_calibration_error([1, 0], [0.85, 0.95]) == pytest.approx((0.15 + 0.95) / 2)
+    assert metrics.expected_calibration_error([1, 0], [0.95, 1.0]) == pytest.approx(abs(1 - 1.95) / 2)
