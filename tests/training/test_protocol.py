@@ -220,7 +220,9 @@ def test_specificity_and_h_edge_cases_by_hand():
     only_fakes = metrics.binary_metrics([1, 1, 1], [0.9, 0.2, 0.7])
     assert only_fakes["specificity"] == 0.0 and only_fakes["h"] == 0.0  # no real slice: 0, not 1 or NaN
     # tn == fp (1 each): specificity 1/2, not the zero-division fallback.
-    assert metrics.binary_metrics([1, 0, 0], [0.9, 0.2, 0.7])["specificity"] == 0.5
+    one_fake = metrics.binary_metrics([1, 0, 0], [0.9, 0.2, 0.7])
+    assert one_fake["specificity"] == 0.5 and one_fake["auc"] == 1.0  # one fake is enough for a ROC curve
+    assert math.isnan(metrics.binary_metrics([0, 0], [0.1, 0.6])["auc"])  # only reals: no ROC curve
     # From bootstrap indices: every fake missed → F1 = 0 → H = 0.
     row = metrics.metrics_from_indices([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4], np.arange(4))
     assert row[metrics.METRICS.index("f1")] == 0.0 and row[metrics.METRICS.index("h")] == 0.0
