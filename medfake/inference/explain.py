@@ -146,11 +146,14 @@ def series_slices(path: str, detector: Detector, max_slices: int) -> tuple[np.nd
 
 # -- maps, records, files -------------------------------------------------------------------------
 def explain_maps(detector: Detector, images: np.ndarray, rows: pd.DataFrame, window: tuple[float, float],
-                 methods: tuple[str, ...], split: str, seed: int) -> loc.SplitMaps:
-    """Maps of every slice and the split's localisation metrics (occlusion only without a Keras model)."""
+                 methods: tuple[str, ...], split: str, seed: int, occlusion_limit: int | None = None) -> loc.SplitMaps:
+    """Maps of every slice (occlusion: a seeded sample of ``occlusion_limit``) and the split's metrics.
+
+    Without a Keras model (an ONNX/OpenVINO file) only occlusion, of every slice.
+    """
     if detector.keras_model is not None:
         return loc.explain_slices(detector.keras_model, images, rows, window, split, methods, only_scored=False,
-                                  seed=seed, data_size=rows.attrs.get("data_size"))
+                                  seed=seed, data_size=rows.attrs.get("data_size"), occlusion_limit=occlusion_limit)
     from medfake.models import saliency
 
     truth = loc.truth_from_manifest(rows, detector.size, rows.attrs.get("data_size"))
@@ -168,31 +171,33 @@ def records(rows: pd.DataFrame, result: loc.SplitMaps, size: int) -> tuple[list[
     """(JSON records, CSV rows): one per slice; hit/energy null where the slice has no position."""
     truth = loc.truth_from_manifest(rows, size, rows.attrs.get("data_size"))
     scores = {m: loc.score_slices(maps, truth) for m, maps in result.maps.items()}
+    mapped = {m: ~np.isnan(maps).all(axis=(1, 2)) for m, maps in result.maps.items()}  # occlusion: a sample
     primary = "cam" if "cam" in scores else "occlusion"
     out_json, out_csv = [], []
     for i, row in enumerate(rows.itertuples(index=False)):
-        scored = bool(truth.scored[i])
+        scored = bool(truth.scored[i]) and bool(mapped[primary][i])
         s = scores[primary]
         out_json.append({
             "scan_id": str(row.scan_id), "slice": int(row.slice), "label_type": str(row.label_type),
             "score": round(float(result.scores[i]), 6),
-            "truth_xy": _xy(truth.xy[i]) if scored else None,
-            "radius": round(float(truth.radius[i]), 2) if scored else None,
+            "truth_xy": _xy(truth.xy[i]) if truth.scored[i] else None,
+            "radius": round(float(truth.radius[i]), 2) if truth.scored[i] else None,
             "peak_xy": _xy(s.peak_xy[i]),
             "hit": bool(s.hit[i]) if scored else None,
             "energy": round(float(s.energy[i]), 4) if scored else None,
         })
         line = {"scan_id": row.scan_id, "slice": int(row.slice), "label_type": row.label_type,
                 "label": int(getattr(row, "label", -1)), "score": f"{result.scores[i]:.6g}",
-                "truth_x": f"{truth.xy[i, 0]:.2f}" if scored else "", "truth_y": f"{truth.xy[i, 1]:.2f}" if scored else "",
-                "radius": f"{truth.radius[i]:.2f}" if scored else ""}
+                "truth_x": f"{truth.xy[i, 0]:.2f}" if truth.scored[i] else "",
+                "truth_y": f"{truth.xy[i, 1]:.2f}" if truth.scored[i] else "",
+                "radius": f"{truth.radius[i]:.2f}" if truth.scored[i] else ""}
         for method in METHODS:
-            found = scores.get(method)
+            found = scores.get(method) if method in scores and mapped[method][i] else None
             peak = found.peak_xy[i] if found is not None else np.full(2, np.nan)
-            line |= {f"{method}_peak_x": "" if not np.isfinite(peak[0]) else int(peak[0]),
-                     f"{method}_peak_y": "" if not np.isfinite(peak[1]) else int(peak[1]),
-                     f"{method}_hit": "" if found is None or not scored else int(found.hit[i]),
-                     f"{method}_energy": "" if found is None or not scored else f"{found.energy[i]:.4f}"}
+            line |= {f"{method}_peak_x": "" if not np.isfinite(peak[0]) else f"{peak[0]:.1f}",
+                     f"{method}_peak_y": "" if not np.isfinite(peak[1]) else f"{peak[1]:.1f}",
+                     f"{method}_hit": "" if found is None or not truth.scored[i] else int(found.hit[i]),
+                     f"{method}_energy": "" if found is None or not truth.scored[i] else f"{found.energy[i]:.4f}"}
         out_csv.append(line)
     return out_json, out_csv
 
@@ -233,7 +238,8 @@ def write_figures(out: Path, images: np.ndarray, result: loc.SplitMaps, items: l
         figure = Figure(figsize=(2.6 * len(methods), 2.8))
         for axes, method in zip(figure.subplots(1, len(methods), squeeze=False)[0], methods):
             _overlay(axes, images[i, ..., 0], result.maps[method][i], window, item, f"{method} · P(fake) {item['score']:.3f}")
-        save(figure, folder / f"{item['scan_id'][:10]}_slice{item['slice']:04d}.png")
+        # the row number first: one scan id can hold the same slice twice (a uuid in both CT-GAN experiments)
+        save(figure, folder / f"{i:04d}_{item['scan_id'][:10]}_slice{item['slice']:04d}.png")
     scores = np.array([item["score"] for item in items])
     fakes = [i for i, item in enumerate(items) if item["label_type"] in ("FM", "FB") or item["truth_xy"]]
     confident = list(np.argsort(-scores, kind="stable")[:k])
@@ -294,6 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default="", metavar="FILE", help="also write one JSON record per slice")
     parser.add_argument("--top-k", type=int, default=6, help="slices per montage row (default: 6)")
     parser.add_argument("--max-slices", type=int, default=16, help="PATH: explain the N highest-scoring slices per series")
+    parser.add_argument("--occlusion-slices", type=int, default=32,
+                        help="occlusion maps of a seeded sample of N slices (64 forward passes each; 0: all)")
     parser.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=None,
                         help="log to a child run of the detector's run (default: on when --model is a run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -336,7 +344,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         images, rows, digest = dataset_slices(cfg, args.split, args.data or _run_digest(detector.run_id),
                                               detector.size, not args.quiet)
-    result = explain_maps(detector, images, rows, window, methods, args.split, cfg.seed)
+    result = explain_maps(detector, images, rows, window, methods, args.split, cfg.seed,
+                          args.occlusion_slices if args.occlusion_slices > 0 else None)
     items, lines = records(rows, result, detector.size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -93,13 +93,18 @@ def truth_from_manifest(rows: pd.DataFrame, size: int, data_size: int | None = N
 
 # -- per-slice scores --------------------------------------------------------------------------
 def peaks(maps: np.ndarray) -> np.ndarray:
-    """(n, 2) (x, y) of each map's maximum; NaN for a map with no positive value."""
+    """(n, 2) (x, y) of each map's maximum; NaN for a map with no positive value.
+
+    Where several pixels share the maximum (an occlusion map is constant over each patch), the peak
+    is their centroid, i.e. the patch's centre rather than its top-left corner.
+    """
     maps = np.asarray(maps, np.float64)
-    n, rows, cols = maps.shape
-    flat = maps.reshape(n, -1)
-    index = flat.argmax(axis=1)
-    out = np.stack([index % cols, index // cols], axis=1).astype(np.float64)
-    out[~(flat.max(axis=1) > 0)] = np.nan
+    out = np.full((len(maps), 2), np.nan)
+    for i, m in enumerate(maps):
+        top = m.max() if m.size else np.nan
+        if top > 0:
+            rows, cols = np.nonzero(m >= top - 1e-9 * abs(top))
+            out[i] = cols.mean(), rows.mean()
     return out
 
 
@@ -229,7 +234,8 @@ def localisation_metrics(split: str, method: str, maps: np.ndarray, truth: Truth
 
 # -- maps of a Keras detector on dataset slices (the train step's hook, `medfake explain`) -------
 MAX_RANDOMISATION_SLICES = 32   # the re-initialised maps are a check, not a second evaluation
-TRAIN_OCCLUSION_SLICES = 32     # the train step's occlusion sample (one forward pass per patch and slice)
+TRAIN_OCCLUSION_SLICES = 8      # the train step's occlusion sample (64 forward passes per slice)
+OCCLUSION_RANDOMISATION_SLICES = 4
 
 
 @dataclass
@@ -251,7 +257,8 @@ def explain_slices(model, images: np.ndarray, rows: pd.DataFrame, window: tuple[
     With ``only_scored`` only slices with a tamper position are mapped (all a metric needs). Occlusion
     costs one forward pass per patch, so ``occlusion_limit`` maps a seeded sample of at most that many
     slices with it (its metrics are over that sample; ``maps["occlusion"]`` holds NaN elsewhere). The
-    randomisation check maps at most MAX_RANDOMISATION_SLICES scored slices again with fresh weights.
+    randomisation check maps at most MAX_RANDOMISATION_SLICES (occlusion: OCCLUSION_RANDOMISATION_SLICES)
+    scored slices again with fresh weights.
     """
     from medfake.models import saliency
 
@@ -271,7 +278,8 @@ def explain_slices(model, images: np.ndarray, rows: pd.DataFrame, window: tuple[
         if method == "occlusion" and occlusion_limit is not None and len(x) > occlusion_limit:
             chosen = np.sort(np.random.default_rng(seed).choice(len(x), int(occlusion_limit), replace=False))
         part = Truth(sub.xy[chosen], sub.radius[chosen], sub.label_type[chosen], sub.fake[chosen])
-        check = x[chosen[part.scored][:MAX_RANDOMISATION_SLICES]]
+        limit = MAX_RANDOMISATION_SLICES if method == "cam" else OCCLUSION_RANDOMISATION_SLICES
+        check = x[chosen[part.scored][:limit]]
         if method == "cam":
             def make(m, batch):
                 return saliency.grad_cam(m, batch, batch_size)

@@ -98,7 +98,7 @@ def test_explain_a_split_writes_overlays_csv_json_and_metrics(tracking_store, tm
     assert all(r["hit"] is None and r["energy"] is None for r in unscored)   # counted, never misses
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_localisation_scored"] == len(scored)
-    assert "test_cam_randomisation_spearman" in metrics
+    assert -1.0 <= metrics.get("test_cam_randomisation_spearman", 0.0) <= 1.0  # absent when a random map is all zero
     csv_rows = pd.read_csv(out / "slices.csv")
     assert list(csv_rows.columns) == list(explain.CSV_COLUMNS) and len(csv_rows) == len(records)
     assert (out / "montage.png").is_file()

@@ -111,6 +111,7 @@ def test_randomised_weights_change_the_maps():
 def test_occlusion_grid_reaches_the_border_and_takes_any_predict():
     patch, stride, offsets = saliency.occlusion_grid(30, 8, 5)
     assert (patch, stride) == (8, 5) and offsets[-1] == 22 and offsets[0] == 0
+    assert saliency.occlusion_grid(96) == (12, 12, list(range(0, 96, 12)))  # default: 64 patches
     weights = np.zeros((SIZE, SIZE), np.float32)
     weights[20:24, 4:8] = 1.0   # a "runtime" that only looks at one region
 

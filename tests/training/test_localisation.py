@@ -40,6 +40,9 @@ def test_pointing_game_and_energy_on_hand_made_maps():
     np.testing.assert_allclose(loc.disc_energy(spread, xy[:1], radius[:1]), share)  # a flat map scores chance
     assert share[0] == pytest.approx(9 / 256)      # the 3×3 pixels within 1.5 of an integer centre
     assert np.isnan(loc.peaks(maps)[2]).all()
+    block = np.zeros((1, size, size))
+    block[0, 4:8, 8:12] = 2.0                      # a constant patch (occlusion): its centre is the peak
+    np.testing.assert_allclose(loc.peaks(block)[0], [9.5, 5.5])
 
 
 def test_analytic_chance_is_about_the_disc_area():
