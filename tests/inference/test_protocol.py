@@ -117,6 +117,8 @@ def test_scan_level_takes_columns_and_0_1_numbers():
     level = verdict.scan_level(tampered, suspicious, max_scores=np.array([[0.9], [0.3], [0.6], [0.1]]))
     assert (level["tampered"], level["untampered"], level["detected"], level["false_alarms"]) == (2, 2, 1, 1)
     assert level["auc"] == pytest.approx(3 / 4)
+    column_truth = verdict.scan_level(np.array([[True], [False]]), [True, True])
+    assert (column_truth["detected"], column_truth["false_alarms"]) == (1, 1)
 
 
 def test_bad_inputs_say_what_is_wrong():

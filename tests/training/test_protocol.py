@@ -232,3 +232,17 @@ def test_calibration_error_bins_by_hand():
     # Ten bins of width 0.1; 0.85 and 0.95 fall in different bins, 1.0 in the last one.
     assert metrics.expected_calibration_error([1, 0], [0.85, 0.95]) == pytest.approx((0.15 + 0.95) / 2)
     assert metrics.expected_calibration_error([1, 0], [0.95, 1.0]) == pytest.approx(abs(1 - 1.95) / 2)
+
+
+def test_threshold_bounds_and_one_dimensional_inputs():
+    assert metrics.predict_labels([0.0, 0.3, 1.0], 0.0).tolist() == [1, 1, 1]  # both ends are valid thresholds
+    assert metrics.predict_labels([0.0, 0.3, 1.0], 1.0).tolist() == [0, 0, 1]
+    for bad in (-0.01, 1.01, 2.0):
+        with pytest.raises(ValueError, match="^threshold must lie in"):
+            metrics.predict_labels([0.5], bad)
+    with pytest.raises(ValueError, match="must be 1-D"):
+        metrics.binary_metrics([[1], [0]], [0.9, 0.1])
+    with pytest.raises(ValueError, match="must be 1-D"):
+        metrics.binary_metrics([1, 0], [[0.9], [0.1]])
+    with pytest.raises(ValueError, match="^labels and scores are empty$"):
+        metrics.binary_metrics([], [])
