@@ -155,11 +155,8 @@ def target_config(cfg: Config, overrides: str) -> Config | None:
 
 
 def _finished_evaluate(target: Config, source_run: str):
-    runs = tracking.finished_runs(target.experiment, f"tags.`{TAG_STAGE}` = '{STAGE_EVALUATE}' and "
-                                  f"tags.`{TAG_SOURCE_RUN}` = '{source_run}' and "
-                                  f"tags.`{TAG_CONFIG_DIGEST}` = '{target.digest()}'")
-    runs = [run for run in runs if run.data.params.get("split", IN_SPLIT) == IN_SPLIT]
-    return runs[0] if runs else None
+    return tracking.find_finished_run(target.experiment, stage=STAGE_EVALUATE, params={"split": IN_SPLIT},
+                                      tags={TAG_SOURCE_RUN: source_run, TAG_CONFIG_DIGEST: target.digest()})
 
 
 def generalise(cfg: Config, overrides: str, kept: list, say, quiet: bool = False) -> dict[str, str]:
