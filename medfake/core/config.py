@@ -96,7 +96,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What ``paper`` runs after ``select``: the ensemble of the top models (issue 14)."""
+    """What ``paper`` runs after ``select``: the ensemble of the top models."""
 
     ensemble: bool = False
     ensemble_top_k: int = 3

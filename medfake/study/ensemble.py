@@ -1,4 +1,4 @@
-"""The ``ensemble`` step: the study's "hybrid architecture" — the top models as one detector (issue 14).
+"""The ``ensemble`` step: the study's "hybrid architecture" — the top models as one detector.
 
 The study's discussion proposes combining DCNNs that capture different semantics, and its Figures
 5-6 show the top models' metric vectors correlated but not identical. This step takes the best

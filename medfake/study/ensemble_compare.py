@@ -1,4 +1,4 @@
-"""The ensemble against its members (issue 14): the combiners' maths, the stacking fit (validation
+"""The ensemble against its members: the combiners' maths, the stacking fit (validation
 only), the test comparison with the best member, and size and latency beside the members'.
 
 Pure numpy/scipy/sklearn apart from the timing, so the maths is checked against the Keras model's

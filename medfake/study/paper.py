@@ -124,7 +124,7 @@ def paper(cfg, options: PaperOptions, launcher: Launcher) -> Path:
             say(f"step 3/4 select: rank on {ranking.rank_on}, top {ranking.top_k}, {ranking.repeats} repeat(s) each")
             select_run_id = select(launcher, ranking, digest, nested=True, run_ids=screened).select_run_id
         generalisation.generalise(cfg, options.overrides, selection.kept, say, options.quiet)
-        paper_ensemble(cfg, select_run_id, say, options.quiet)  # config study.ensemble (issue 14)
+        paper_ensemble(cfg, select_run_id, say, options.quiet)  # config study.ensemble
         say(f"step 4/4 report: {out}")
         readme = report.render(experiment, out, digest, select_run_id=select_run_id)
         mlflow.log_artifacts(str(out), "report")
