@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast quickstart bench clean mutation
+.PHONY: install test test-fast quickstart bench clean mutation server
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ mutation: $(STAMP)
 # The main job on the embedded default (synthetic phantom): synth → preprocess → train.
 quickstart: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e train -P model=xception --env-manager local --experiment-name medfake-quickstart
+
+# The team tracking server (README "Team tracking server"): PostgreSQL + mlflow server, until Ctrl-C.
+SERVER_ARGS ?=
+server: $(STAMP)
+	$(BIN)/medfake server $(SERVER_ARGS)
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db optuna.journal data .medfake

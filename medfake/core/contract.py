@@ -62,6 +62,8 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+TAG_RUN_NAME = "mlflow.runName"  # the name the UI shows; set on runs `mlflow run` launched
+TAG_NOTE = "mlflow.note.content"  # the run's markdown description in the UI
 
 # -- metric keys: {split}_{metric} ---------------------------------------------------------
 SPLITS = ("train", "val", "test")

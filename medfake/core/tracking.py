@@ -15,12 +15,15 @@ import tempfile
 from typing import Any, Iterator
 
 from medfake.core.contract import (  # noqa: F401 - re-exported for the steps
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     TAG_CONFIG_DIGEST,
     TAG_DATA_DIGEST,
     TAG_DEVICE,
     TAG_FAILURE,
     TAG_REDIRECTED_TO,
     TAG_RESOLVED_PREFIX,
+    TAG_RUN_NAME,
     TAG_STAGE,
 )
 from medfake.core.errors import UserError
@@ -61,6 +64,12 @@ def setup(experiment: str) -> str:
 
     use_store()
     exp = mlflow.set_experiment(experiment)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces,
+        # tokens); with it, on the training runs table (issue 15).
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
 
 
@@ -119,6 +128,9 @@ def run(
     else:
         active = mlflow.start_run(run_name=run_name, tags=all_tags, **kwargs)
     if attach:
+        if attach == launcher_run:
+            # `mlflow run` named the run itself (`puzzled-cat-816`); the UI shows the step's name.
+            all_tags.setdefault(TAG_RUN_NAME, run_name)
         mlflow.set_tags(all_tags)
     if redirected_from:
         from mlflow.tracking import MlflowClient

@@ -26,6 +26,7 @@ from medfake.training.evaluation import EvalSettings, evaluate_and_log, split_ro
 from medfake.training.scan_level import evaluate_scans
 from medfake.training.localisation import log_localisation
 from medfake.training.model_logging import efficiency_metrics, latency, log_dataset_input, log_detector_model
+from medfake.training.run_note import log_run_note
 
 
 CHECKPOINT_ROOT = Path(".medfake") / "checkpoints"
@@ -244,6 +245,7 @@ def train(plan: Plan, data_digest: str | None = None, resume: str | None = None,
                 summary |= _train_detector_run(plan, dataset, run_id, artifacts, progress, resumed=bool(resume),
                                                on_epoch=on_epoch)
             mlflow.log_artifacts(str(artifacts))
+        log_run_note(plan, dataset, run_id)  # the UI's description: model, data, headline metrics
     print_summary(summary, cfg)
     return run_id
 
