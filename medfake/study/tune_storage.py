@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medfake.core import tracking
+from medfake.core.contract import TAG_FAILURE, TAG_STUDY, TAG_TRIAL
 from medfake.core.errors import UserError
 from medfake.study.tune_space import TuneSpec, make_pruner, make_sampler
 
@@ -57,6 +58,9 @@ def open_storage(text: str):
         kwargs = {}
         if text.startswith(("postgresql", "mysql")):
             kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}}
+            kwargs |= heartbeat_options()
+        if text.startswith("postgresql://"):  # SQLAlchemy 2.1 reads this as psycopg 3; the server extra has psycopg2
+            text = "postgresql+psycopg2://" + text[len("postgresql://"):]
         try:
             storage = optuna.storages.RDBStorage(text, **kwargs)
         except Exception as exc:  # a driver error of any kind: the URL cannot be used
@@ -81,6 +85,49 @@ def open_storage(text: str):
         return JournalStorage(JournalFileBackend(str(path))), str(path.resolve())
     except Exception as exc:
         raise UserError(f"--storage {path}: cannot be used as a journal ({type(exc).__name__}: {exc})") from None
+
+
+# -- workers that die ----------------------------------------------------------------------------
+HEARTBEAT_S = 60      # a running trial's worker writes a heartbeat this often (Optuna's thread)
+GRACE_S = 180         # ... and is taken for dead after this long without one
+TRIAL_RETRIES = 1     # a dead worker's trial is run again once, by whichever worker notices
+
+
+def heartbeat_options(interval_s: int | None = None, grace_s: int | None = None) -> dict:
+    """RDBStorage arguments: heartbeats, and a stale trial failed, retried and its MLflow run ended.
+
+    ``MEDFAKE_TUNE_HEARTBEAT_S`` / ``MEDFAKE_TUNE_GRACE_S`` shorten them (the kill test does).
+    """
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    interval = interval_s or int(os.environ.get("MEDFAKE_TUNE_HEARTBEAT_S", HEARTBEAT_S))
+    grace = grace_s or int(os.environ.get("MEDFAKE_TUNE_GRACE_S", GRACE_S))
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=TRIAL_RETRIES)
+
+    def on_stale(study, trial) -> None:
+        end_stale_trial_run(study.study_name, trial.number, grace)
+        retry(study, trial)
+
+    return {"heartbeat_interval": interval, "grace_period": grace, "heartbeat_stale_trial_callback": on_stale}
+
+
+def end_stale_trial_run(study_name: str, trial_number: int, grace_s: int) -> list[str]:
+    """End FAILED the RUNNING MLflow runs of a trial whose worker stopped beating; their ids."""
+    from mlflow.tracking import MlflowClient
+
+    tracking.use_store()
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return []
+    runs = client.search_runs(ids, max_results=100, filter_string=(
+        f"attributes.status = 'RUNNING' and tags.`{TAG_STUDY}` = '{study_name}' and tags.`{TAG_TRIAL}` = '{trial_number}'"))
+    reason = (f"worker lost: no Optuna heartbeat for over {grace_s} s (killed, out of memory or node gone); "
+              f"trial {trial_number} failed and is retried")
+    for run in runs:
+        client.set_tag(run.info.run_id, TAG_FAILURE, reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in runs]
 
 
 # -- the study ---------------------------------------------------------------------------------
