@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("medfake.inference.scan", "score every slice of CT series with a detector; flag suspicious slice ranges"),
     "explain": ("medfake.inference.explain", "Grad-CAM/occlusion maps of a detector, scored against the known tamper positions"),
     "evaluate": ("medfake.inference.evaluate", "score a logged or registered detector on another dataset config, without retraining"),
+    "runs": ("medfake.core.runs", "list RUNNING runs whose process is gone or heartbeat stale; --end ends them FAILED"),
     "server": ("medfake.core.server", "start a team tracking server: mlflow server on PostgreSQL, artifacts proxied"),
 }
 

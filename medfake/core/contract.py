@@ -64,6 +64,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 TAG_RUN_NAME = "mlflow.runName"  # the name the UI shows; set on runs `mlflow run` launched
 TAG_NOTE = "mlflow.note.content"  # the run's markdown description in the UI
+TAG_HEARTBEAT = "medfake.heartbeat"  # unix seconds, rewritten while the run's process lives
+TAG_PROCESS = "medfake.process"  # host:pid of the process that runs it (to tell a dead one)
 
 # -- metric keys: {split}_{metric} ---------------------------------------------------------
 SPLITS = ("train", "val", "test")

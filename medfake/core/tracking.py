@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import tempfile
+import threading
+import time
 from typing import Any, Iterator
 
 from medfake.core.contract import (  # noqa: F401 - re-exported for the steps
@@ -21,6 +24,8 @@ from medfake.core.contract import (  # noqa: F401 - re-exported for the steps
     TAG_DATA_DIGEST,
     TAG_DEVICE,
     TAG_FAILURE,
+    TAG_HEARTBEAT,
+    TAG_PROCESS,
     TAG_REDIRECTED_TO,
     TAG_RESOLVED_PREFIX,
     TAG_RUN_NAME,
@@ -29,6 +34,7 @@ from medfake.core.contract import (  # noqa: F401 - re-exported for the steps
 from medfake.core.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+HEARTBEAT_S = 30  # a live run rewrites TAG_HEARTBEAT this often; `medfake runs --stale` reads it
 
 
 class Terminated(KeyboardInterrupt):
@@ -89,6 +95,28 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _heartbeat(run_id: str) -> threading.Event:
+    """A daemon thread rewriting the run's heartbeat tag until the returned event is set.
+
+    A process killed with SIGKILL (or out of memory, or a lost node) cannot end its run; a stale
+    heartbeat is how `medfake runs --stale` tells such a run from a slow one (issue 15).
+    """
+    from mlflow.tracking import MlflowClient
+
+    stop = threading.Event()
+    client = MlflowClient()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                client.set_tag(run_id, TAG_HEARTBEAT, str(int(time.time())))
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the run; the next beat retries
+                continue
+
+    threading.Thread(target=beat, name="medfake-heartbeat", daemon=True).start()
+    return stop
+
+
 @contextlib.contextmanager
 def run(
     experiment: str,
@@ -121,7 +149,8 @@ def run(
             attach, redirected_from = None, launcher_run
     if not attach and launcher_run:
         os.environ.pop("MLFLOW_RUN_ID")  # start_run() would otherwise attach to it
-    all_tags = {TAG_STAGE: stage, **(tags or {})}
+    all_tags = {TAG_STAGE: stage, **(tags or {}), TAG_PROCESS: f"{socket.gethostname()}:{os.getpid()}",
+                TAG_HEARTBEAT: str(int(time.time()))}
     kwargs: dict[str, Any] = {"nested": nested, "log_system_metrics": system_metrics or None}
     if attach:
         active = mlflow.start_run(run_id=attach, **kwargs)
@@ -139,6 +168,7 @@ def run(
         print(f"mlflow run filed its run under another experiment; this step logs to '{experiment}' "
               f"(run {active.info.run_id}); pass --experiment-name {experiment} to avoid the extra run",
               file=sys.stderr)
+    heartbeat = _heartbeat(active.info.run_id)
     with _sigterm_as_interrupt():
         try:
             yield active
@@ -157,6 +187,7 @@ def run(
         else:
             mlflow.end_run(status="FINISHED")
         finally:
+            heartbeat.set()
             if launcher_run:
                 os.environ["MLFLOW_RUN_ID"] = launcher_run
 
