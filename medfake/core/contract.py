@@ -114,6 +114,9 @@ LOCALISATION_METRICS = (
     "hit_rate_fm",              # injected tampers only
     "hit_rate_fb",              # removed tampers only
     "randomisation_spearman",   # trained vs re-initialised maps (Adebayo et al. 2018); near 0 is good
+    "mapped",                   # positioned slices this method mapped and scored (occlusion: a seeded sample)
+    "randomisation_slices",     # slices the randomisation check mapped again with fresh weights
+    "patch",                    # occlusion: patch side = stride in input pixels (the tamper's diameter, ≥ S/8)
 )
 LOCALISATION_SCORED = "localisation_scored"          # slices with a known position (after `{split}_`)
 LOCALISATION_UNPOSITIONED = "localisation_unpositioned"  # fakes without one: counted, never misses

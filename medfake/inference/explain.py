@@ -157,7 +157,8 @@ def explain_maps(detector: Detector, images: np.ndarray, rows: pd.DataFrame, win
     from medfake.models import saliency
 
     truth = loc.truth_from_manifest(rows, detector.size, rows.attrs.get("data_size"))
-    maps = {"occlusion": saliency.occlusion(detector.predict, images, saliency.background_hu(window))}
+    patch = loc.occlusion_patch(truth.radius[truth.scored], detector.size)
+    maps = {"occlusion": saliency.occlusion(detector.predict, images, saliency.background_hu(window), patch=patch)}
     scores = np.concatenate([detector.predict(images[i:i + 16]) for i in range(0, len(images), 16)])
     metrics = loc.localisation_metrics(split, "occlusion", maps["occlusion"], truth, seed=seed)
     return loc.SplitMaps(np.arange(len(images)), scores, maps, metrics)

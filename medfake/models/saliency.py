@@ -39,6 +39,7 @@ class CamModel:
     layer: str
     input_size: int
     compiled: Callable | None = None   # the backend's compiled map function, made on first use
+    sigmoid_head: bool = False         # ``logit`` is before the output's sigmoid (P(fake) = sigmoid(logit))
 
 
 def _cam_layer_of(backbone: keras.Model, model_name: str) -> str:
@@ -94,7 +95,8 @@ def cam_model(model: keras.Model, layer: str | None = None) -> CamModel:
         body = keras.Model(model.input, inner(model.layers[position - 1].output), name=f"{model.name}_cam_body")
         after = model.layers[position + 1:]
         tail = [] if backbone.layers[-1].name == name else [keras.Model(backbone.get_layer(name).output, backbone.output)]
-        return CamModel(body, _logit_fn(tail + list(after[:-1]), after[-1]), name, size)
+        return CamModel(body, _logit_fn(tail + list(after[:-1]), after[-1]), name, size,
+                        sigmoid_head=_is_sigmoid_dense(after[-1]))
     if layer is None:
         raise UserError(f"model {model.name} has no convolutional block named '{BACKBONE_NAME}' (is it the "
                         "histogram baseline?); Grad-CAM needs a CNN detector")
@@ -106,11 +108,11 @@ def cam_model(model: keras.Model, layer: str | None = None) -> CamModel:
                         f"(output shape {tuple(target.output.shape)})")
     body = keras.Model(model.input, target.output, name=f"{model.name}_cam_body")
     after = model.layers[names.index(layer) + 1:]
-    return CamModel(body, _logit_fn(list(after[:-1]), after[-1]), layer, size)
+    return CamModel(body, _logit_fn(list(after[:-1]), after[-1]), layer, size, sigmoid_head=_is_sigmoid_dense(after[-1]))
 
 
 def _gradients(logit: Callable, a):
-    """d sum(logit(a)) / da with the backend's own autodiff; samples are independent (inference mode)."""
+    """(logit(a), d sum(logit(a)) / da) with the backend's own autodiff; samples are independent (inference mode)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -118,19 +120,26 @@ def _gradients(logit: Callable, a):
         a = tf.convert_to_tensor(a)
         with tf.GradientTape() as tape:
             tape.watch(a)
-            target = tf.reduce_sum(logit(a))
-        return tape.gradient(target, a)
+            value = logit(a)
+            target = tf.reduce_sum(value)
+        return value, tape.gradient(target, a)
     if backend == "jax":
         import jax
         import jax.numpy as jnp
 
-        return jax.grad(lambda x: jnp.sum(logit(x)))(a)
+        def total(x):
+            value = logit(x)
+            return jnp.sum(value), value
+
+        (_, value), grad = jax.value_and_grad(total, has_aux=True)(a)
+        return value, grad
     if backend == "torch":
         import torch
 
         a = a.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(logit(a).sum(), a)
-        return grad
+        value = logit(a)
+        (grad,) = torch.autograd.grad(value.sum(), a)
+        return value, grad
     raise UserError(f"Grad-CAM needs the tensorflow, jax or torch Keras backend, not {backend}")
 
 
@@ -142,37 +151,71 @@ def grad_cam(model: keras.Model | CamModel, images: np.ndarray, batch_size: int 
     (row, col) is input pixel (row, col). With ``positive`` (Grad-CAM's ReLU) a map is ≥ 0 and all
     zeros where no location raised the logit; ``positive=False`` keeps the signed map.
     """
+    return grad_cam_scores(model, images, batch_size, positive)[0]
+
+
+def grad_cam_scores(model: keras.Model | CamModel, images: np.ndarray, batch_size: int = 16,
+                    positive: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps (as :func:`grad_cam`) and P(fake) (n,) of the same pass: the map needs the
+    forward pass anyway, so the scores cost nothing more. Pass a :class:`CamModel` to keep its
+    compiled function across calls (one trace per detector, not per call)."""
     split = model if isinstance(model, CamModel) else cam_model(model)
-    if split.compiled is None:
-        split.compiled = _compile(split)
     x = np.asarray(images, np.float32)
     if x.ndim == 3:
         x = x[..., None]
+    if split.compiled is None:
+        split.compiled = _compile(split, x.shape[1:])
     out = np.zeros(x.shape[:3], np.float32)
+    scores = np.zeros(len(x), np.float32)
     for start in range(0, len(x), max(int(batch_size), 1)):
         chunk = x[start:start + batch_size]
-        cam = ops.convert_to_numpy(split.compiled(chunk))
+        cam, logit = (ops.convert_to_numpy(value) for value in split.compiled(chunk))
         out[start:start + len(chunk)] = resize(cam, x.shape[1]) if cam.shape[1:] != x.shape[1:3] else cam
-    return np.maximum(out, 0.0) if positive else out
+        logit = np.asarray(logit, np.float64).reshape(len(chunk), -1)[:, -1]
+        scores[start:start + len(chunk)] = 1.0 / (1.0 + np.exp(-logit)) if split.sigmoid_head else logit
+    return (np.maximum(out, 0.0) if positive else out), scores
 
 
-def _compile(split: CamModel) -> Callable:
-    """(n, S, S, 1) → signed Grad-CAM (n, h, w) at the layer's resolution, one graph under TensorFlow.
+def _compile(split: CamModel, shape: tuple[int, ...]) -> Callable:
+    """(n, S, S, 1) → (signed Grad-CAM (n, h, w) at the layer's resolution, fake logit), one graph under TensorFlow.
 
     Run eagerly, the body costs several inference steps; as one ``tf.function`` the map costs about
-    a forward pass plus the head's backward pass (reports/benchmarks/explain.md).
+    a forward pass plus the head's backward pass (reports/benchmarks/explain.md). The batch axis is
+    left open in the signature, so a short last batch does not trace the graph again.
     """
     def cams(x):
         a = split.body(x, training=False)
-        grads = ops.cast(_gradients(split.logit, a), "float32")
-        weights = ops.mean(grads, axis=(1, 2), keepdims=True)      # (n, 1, 1, C): channel importance
-        return ops.sum(ops.cast(a, "float32") * weights, axis=-1)
+        logit, grads = _gradients(split.logit, a)
+        weights = ops.mean(ops.cast(grads, "float32"), axis=(1, 2), keepdims=True)   # (n, 1, 1, C): channel importance
+        return ops.sum(ops.cast(a, "float32") * weights, axis=-1), logit
 
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(cams, reduce_retracing=True)
+        return tf.function(cams, input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
     return cams
+
+
+def predictor(model: keras.Model, batch_size: int = 64) -> Predict:
+    """``model``'s P(fake) as a predict function for :func:`occlusion`, compiled once for any batch size.
+
+    ``predict_on_batch`` traces its graph again when the batch size changes (occlusion's last batch);
+    under TensorFlow this is one ``tf.function`` with an open batch axis.
+    """
+    def forward(x):
+        return ops.cast(model(x, training=False), "float32")
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        forward = tf.function(forward, input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        return np.concatenate([np.asarray(ops.convert_to_numpy(forward(x[i:i + batch_size]))).reshape(-1)
+                               for i in range(0, len(x), batch_size)]) if len(x) else np.zeros(0, np.float32)
+
+    return predict
 
 
 def background_hu(window: tuple[float, float]) -> float:

@@ -234,8 +234,10 @@ def localisation_metrics(split: str, method: str, maps: np.ndarray, truth: Truth
 
 # -- maps of a Keras detector on dataset slices (the train step's hook, `medfake explain`) -------
 MAX_RANDOMISATION_SLICES = 32   # the re-initialised maps are a check, not a second evaluation
-TRAIN_OCCLUSION_SLICES = 8      # the train step's occlusion sample (64 forward passes per slice)
 OCCLUSION_RANDOMISATION_SLICES = 4
+TRAIN_OCCLUSION_SLICES = 4      # the train step's samples: it must stay cheap (issue 13: ≤ 30 s on 2 cores)
+TRAIN_RANDOMISATION_SLICES = 8
+TRAIN_OCCLUSION_RANDOMISATION_SLICES = 2
 
 
 @dataclass
@@ -248,17 +250,38 @@ class SplitMaps:
     metrics: dict[str, float]
 
 
+def occlusion_patch(radius: np.ndarray, size: int) -> int:
+    """Occlusion's patch side (= its stride): the tamper's diameter (median of the scored slices' 2r),
+    but at least S/8, so that a slice never costs more than 64 forward passes."""
+    radius = np.asarray(radius, np.float64)
+    radius = radius[np.isfinite(radius)]
+    diameter = int(round(2.0 * float(np.median(radius)))) if len(radius) else 0
+    return int(min(max(diameter, size // 8, 2), size))
+
+
+def _sample(count: int, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted positions 0..count-1, or a seeded sample of ``limit`` of them (the same for the same seed)."""
+    if limit is None or count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, int(limit), replace=False))
+
+
 def explain_slices(model, images: np.ndarray, rows: pd.DataFrame, window: tuple[float, float], split: str,
                    methods: tuple[str, ...] = ("cam", "occlusion"), only_scored: bool = True, seed: int = 0,
-                   batch_size: int = 16, data_size: int | None = None,
-                   occlusion_limit: int | None = None) -> SplitMaps:
+                   batch_size: int = 16, data_size: int | None = None, occlusion_limit: int | None = None,
+                   randomisation_limit: int = MAX_RANDOMISATION_SLICES,
+                   occlusion_randomisation_limit: int = OCCLUSION_RANDOMISATION_SLICES) -> SplitMaps:
     """Grad-CAM/occlusion maps of a Keras detector on HU slices (n, S, S[, 1]) and their localisation metrics.
 
     With ``only_scored`` only slices with a tamper position are mapped (all a metric needs). Occlusion
     costs one forward pass per patch, so ``occlusion_limit`` maps a seeded sample of at most that many
-    slices with it (its metrics are over that sample; ``maps["occlusion"]`` holds NaN elsewhere). The
-    randomisation check maps at most MAX_RANDOMISATION_SLICES (occlusion: OCCLUSION_RANDOMISATION_SLICES)
-    scored slices again with fresh weights.
+    slices with it (its metrics are over that sample; ``maps["occlusion"]`` holds NaN elsewhere), with a
+    patch the tamper's size (:func:`occlusion_patch`). The randomisation check maps at most
+    ``randomisation_limit`` (occlusion: ``occlusion_randomisation_limit``) scored slices again with one
+    re-initialised clone. Every forward pass, occlusion's too, goes through the detector's compiled
+    Grad-CAM function (one trace per model; the gradient stops at the last convolutional block, so it
+    costs little more than the forward pass) and the scores come from the same pass. The sample sizes
+    are in the metrics (``{split}_{method}_mapped``, ``…_randomisation_slices``, ``…_occlusion_patch``).
     """
     from medfake.models import saliency
 
@@ -269,33 +292,51 @@ def explain_slices(model, images: np.ndarray, rows: pd.DataFrame, window: tuple[
     if x.ndim == 3:
         x = x[..., None]
     sub = Truth(truth.xy[index], truth.radius[index], truth.label_type[index], truth.fake[index])
-    scores = _predict(model.predict_on_batch, x, batch_size)
+    splits = {"trained": saliency.cam_model(model)}
+
+    def split_of(which: str):
+        if which not in splits:  # one clone with fresh weights, shared by both methods' checks
+            splits[which] = saliency.cam_model(saliency.reinitialised(model))
+        return splits[which]
+
+    def predict_of(which: str):
+        return lambda batch: saliency.grad_cam_scores(split_of(which), batch, 4 * batch_size)[1]
+
+    fill = saliency.background_hu(window)
+    patch = occlusion_patch(sub.radius[sub.scored], size)
+    scores = None
     maps: dict[str, np.ndarray] = {}
     metrics: dict[str, float] = {}
-    random_model = saliency.reinitialised(model) if len(x) else None
     for method in methods:
-        chosen = np.arange(len(x))
-        if method == "occlusion" and occlusion_limit is not None and len(x) > occlusion_limit:
-            chosen = np.sort(np.random.default_rng(seed).choice(len(x), int(occlusion_limit), replace=False))
+        chosen = _sample(len(x), occlusion_limit if method == "occlusion" else None, seed)
         part = Truth(sub.xy[chosen], sub.radius[chosen], sub.label_type[chosen], sub.fake[chosen])
-        limit = MAX_RANDOMISATION_SLICES if method == "cam" else OCCLUSION_RANDOMISATION_SLICES
-        check = x[chosen[part.scored][:limit]]
-        if method == "cam":
-            def make(m, batch):
-                return saliency.grad_cam(m, batch, batch_size)
-        else:
-            fill = saliency.background_hu(window)
+        limit = randomisation_limit if method == "cam" else occlusion_randomisation_limit
+        check = np.flatnonzero(part.scored)[: max(int(limit), 0)]
 
-            def make(m, batch):
-                return saliency.occlusion(m.predict_on_batch, batch, fill, batch_size=4 * batch_size)
-        mapped = make(model, x[chosen]) if len(chosen) else np.zeros((0, size, size), np.float32)
+        def make(which: str, batch: np.ndarray) -> np.ndarray:
+            if not len(batch):
+                return np.zeros((0, size, size), np.float32)
+            if method == "cam":
+                return saliency.grad_cam(split_of(which), batch, batch_size)
+            return saliency.occlusion(predict_of(which), batch, fill, patch=patch, batch_size=4 * batch_size)
+
+        if method == "cam":
+            mapped, scores = saliency.grad_cam_scores(split_of("trained"), x, batch_size)
+        else:
+            mapped = make("trained", x[chosen])
         maps[method] = np.full((len(x), size, size), np.nan, np.float32)
         maps[method][chosen] = mapped
         metrics |= localisation_metrics(split, method, mapped, part, None, seed)
+        metrics[localisation_key(split, method, "mapped")] = float(part.scored.sum())
+        if method == "occlusion":
+            metrics[localisation_key(split, method, "patch")] = float(patch)
         if len(check):
-            value = randomisation_spearman(mapped[part.scored][: len(check)], make(random_model, check))
+            metrics[localisation_key(split, method, "randomisation_slices")] = float(len(check))
+            value = randomisation_spearman(mapped[check], make("random", x[chosen][check]))
             if np.isfinite(value):
                 metrics[localisation_key(split, method, "randomisation_spearman")] = value
+    if scores is None:
+        scores = _predict(predict_of("trained"), x, 4 * batch_size)
     metrics[metric_key(split, LOCALISATION_SCORED)] = float(truth.scored.sum())  # the whole split's counts
     metrics[metric_key(split, LOCALISATION_UNPOSITIONED)] = float((truth.fake & ~truth.scored).sum())
     return SplitMaps(index=index, scores=scores, maps=maps, metrics=metrics)
@@ -320,6 +361,7 @@ def log_localisation(model, dataset, cfg, split: str = "test") -> dict[str, floa
     result = explain_slices(model, images, rows.reset_index(drop=True),
                             (cfg.data.window.center, cfg.data.window.width), split, seed=cfg.seed,
                             batch_size=cfg.train.batch_size, data_size=images.shape[-1],
-                            occlusion_limit=TRAIN_OCCLUSION_SLICES)
+                            occlusion_limit=TRAIN_OCCLUSION_SLICES, randomisation_limit=TRAIN_RANDOMISATION_SLICES,
+                            occlusion_randomisation_limit=TRAIN_OCCLUSION_RANDOMISATION_SLICES)
     mlflow.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
     return result.metrics
