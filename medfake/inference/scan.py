@@ -28,6 +28,7 @@ import numpy as np
 from medfake.core.errors import DICOMError, UserError
 from medfake.inference.loading import (DEFAULT_MODEL, RUNTIME_CHOICES, Scorer, load_scorer, mlflow_model_info, note,
                                        resolve_model, size_from_signature)
+from medfake.inference.scan_explain import METHOD_HELP, explain_ranges, explainer_for
 from medfake.inference.scan_output import format_report, log_to_mlflow, write_plots
 from medfake.inference.scan_series import SeriesSource, find_series, score_series
 from medfake.training.verdict import (DEFAULT_MIN_SLICES, DEFAULT_THRESHOLD, scan_level, series_verdict, tamper_hits,
@@ -51,7 +52,7 @@ def series_report(source: SeriesSource, series, scored: dict, threshold: float, 
         ranges.append({
             "first": slices[first], "last": slices[last], "slices": last - first + 1,
             "peak_slice": slices[peak], "peak_score": round(float(scores[peak]), 6),
-            "counts": counts,
+            "counts": counts, "peak_xy": None,  # (x, y) in the slice's own pixels with --explain
         })
     skipped = [{"file": name, "reason": reason} for name, reason in list(series.skipped) + scored["decode_skipped"]]
     top = verdict.max_position
@@ -81,7 +82,8 @@ def report_schema() -> dict[str, Any]:
         "series": {"series_id": str, "scan": (str, type(None)), "folder": str, "slices_scored": int,
                    "slice_numbering": str, "verdict": str, "max_score": float, "max_slice": int, "ranges": list,
                    "scores": list, "skipped": list, "problems": list, "resampled": (str, type(None))},
-        "range": {"first": int, "last": int, "slices": int, "peak_slice": int, "peak_score": float, "counts": bool},
+        "range": {"first": int, "last": int, "slices": int, "peak_slice": int, "peak_score": float, "counts": bool,
+                  "peak_xy": (list, type(None))},
         "score": {"slice": int, "file": str, "score": float},
         "skipped": {"file": str, "reason": str},
         "rejected": {"folder": str, "reason": str},
@@ -244,6 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score profile plot(s); with several series PNG-<scan>.png each")
     parser.add_argument("--window", type=_window, default=(WindowConfig().center, WindowConfig().width),
                         metavar="C,W", help="display window of the plot's thumbnails in HU (default -600,1500)")
+    parser.add_argument("--explain", default="", metavar="DIR", help=METHOD_HELP)
     parser.add_argument("--profile", action="store_true", help="print every slice's score (default: only for one series)")
     parser.add_argument("--truth", default="", metavar="DIR",
                         help="phantom ground truth (tampers.csv): report detection / false-alarm rate and z-IoU")
@@ -283,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
     opened: dict = {}
     report = scan(args.path, scorer, threshold=args.threshold, min_slices=args.min_slices, batch_size=args.batch_size,
                   truth_dir=args.truth or None, model_label=model_label, progress=not args.quiet, notes=note,
-                  keep_series=opened if args.plot else None, found=found)
+                  keep_series=opened if args.plot or args.explain else None, found=found)
+    overlays = explain_ranges(report, opened, explainer_for(args.model, scorer, bool(endpoint), args.window),
+                              Path(args.explain), args.window) if args.explain else []
     plot_files: list[Path] = []
     if args.plot:
         plot_files = write_plots(report, Path(args.plot), opened, args.window)
@@ -296,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"report written to {args.json}")
     for path in plot_files:
         print(f"plot written to {path}", file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.explain:
+        print(f"{len(overlays)} peak-slice overlay(s) written to {args.explain}", file=sys.stderr if args.json == "-" else sys.stdout)
     if args.mlflow:
         run_id = log_to_mlflow(report, args.experiment, plot_files, model_label)
         print(f"logged as MLflow run {run_id} in experiment '{args.experiment}'",

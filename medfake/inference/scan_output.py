@@ -18,7 +18,8 @@ import numpy as np
 # -- terminal -----------------------------------------------------------------------------------
 def _range_text(r: dict) -> str:
     span = f"{r['first']}" if r["first"] == r["last"] else f"{r['first']}–{r['last']}"
-    return f"{span} ({r['slices']} slice{'s' if r['slices'] != 1 else ''}, peak {r['peak_score']:.3f} at {r['peak_slice']})"
+    where = f" (x {r['peak_xy'][0]:.0f}, y {r['peak_xy'][1]:.0f})" if r.get("peak_xy") else ""  # --explain
+    return f"{span} ({r['slices']} slice{'s' if r['slices'] != 1 else ''}, peak {r['peak_score']:.3f} at {r['peak_slice']}{where})"
 
 
 def format_report(report: dict, profile: bool | None = None) -> str:
