@@ -13,7 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
-from medfake.study import ensemble_compare, generalisation
+from medfake.study import ensemble_compare, generalisation, localisation_report
 from medfake.core import tracking
 from medfake.core.contract import CI_HIGH_SUFFIX, CI_LOW_SUFFIX, STAGE_SELECT, TAG_DATA_DIGEST, TAG_DEVICE, TAG_STAGE, metric_key
 from medfake.core.contract import BREAKDOWN_METRICS, LABEL_NOISE, TRUE_SUFFIX
@@ -289,9 +289,9 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
     _clear(out)
     tables = out / TABLES
     tables.mkdir(exist_ok=True)
-    table1 = table1_frame(selection)
+    table1 = localisation_report.with_columns(table1_frame(selection), selection)  # issue 13's columns
     table3 = table3_frame(selection, runs_by_id)
-    ensembles = ensemble_compare.newest_ensembles(experiment, selection.data_digest)  # one row each (issue 14)
+    ensembles = ensemble_compare.newest_ensembles(experiment, selection.data_digest)
     table1 = ensemble_compare.with_ensemble_rows(table1, ensembles, "table1")
     table3 = ensemble_compare.with_ensemble_rows(table3, ensembles, "table3")
     table1.to_csv(tables / "table1.csv", index=False)
@@ -308,16 +308,18 @@ def render(experiment: str, out: Path, data_digest: str | None = None, rank_on: 
     reference = runs_by_id[selection.ranked[0].run_id]
     reference_params = tracking.params_of(reference)
     params = {key: reference_params.get(key, "?") for key in CONTEXT_PARAMS}
+    with tracking.artifact_tempdir() as tmp:
+        localised = localisation_report.section(table1, selection, out / FIGURES, Path(tmp), reference_params, _download)
     devices = sorted({run.data.tags.get(TAG_DEVICE, "") for run in runs_by_id.values()} - {""})
     text = readme(experiment, selection, results, table1, table3, params, devices, figures,
                   select_run.info.run_id if select_run is not None else None, generalised,
-                  ensemble_compare.report_section(ensembles))
+                  ensemble_compare.report_section(ensembles), localised)
     (out / "README.md").write_text(text)
     return out / "README.md"
 
 
 def readme(experiment, selection, results, table1, table3, params, devices, figures, select_run_id,
-           generalised: str = "", ensembled: str = "") -> str:
+           generalised: str = "", ensembled: str = "", localised: str = "") -> str:
     synthetic = params.get("data.source") == "phantom"
     kept = len(selection.kept)
     lines = [f"# Study reproduction: experiment `{experiment}`", ""]
@@ -345,6 +347,7 @@ def readme(experiment, selection, results, table1, table3, params, devices, figu
            "±radius labels; label noise = share of ±radius fakes not truly tampered. Recall FM/FB: fakes of that "
            "tamper type found; FPR: real slices of that kind called fake (TM = real cancer).", "",
            table1_truth_markdown(table1)] if table1_truth_markdown(table1) else []),
+        *([localised] if localised else []),
         *([ensembled] if ensembled else []),
         f"## Table A1 — H = harmonic mean of accuracy, F1 and specificity ({selection.rank_on} split)", "",
         f"The {kept} repeated backbones are in bold (the study marked its six best, chosen on test metrics). "
