@@ -25,8 +25,11 @@ def _map_size(backbone) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", list_backbones(), ids=lambda b: b.name)
 def test_every_backbone_gives_a_map_of_the_input_size(backbone):
+    import keras
+
     size = _map_size(backbone)
-    detector = build_detector(backbone.name, size, weights=None, head_units=(8, 4))
+    keras.utils.set_random_seed(7)  # a wide, seeded head: a tiny random one can be all-dead (a zero gradient)
+    detector = build_detector(backbone.name, size, weights=None, head_units=(64, 32))
     if backbone.cam_layer:
         assert backbone.cam_layer in {layer.name for layer in detector.get_layer("backbone").layers}
     x = np.random.default_rng(0).uniform(-1000, 400, (2, size, size, 1)).astype(np.float32)
