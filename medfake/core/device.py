@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medfake.core.errors import UserError
+
 
 def measure_latency(predict_fn: Callable, batch, steps: int = 10, warmup: int = 2) -> tuple[float, float]:
     """Mean and std (sample; 0 for one step) in ms of ``steps`` timed calls after ``warmup`` untimed ones.
