@@ -245,6 +245,9 @@ def tracking_server(state_dir: Path, *, host: str = "127.0.0.1", port: int = DEF
         ensure_database(backend_store_uri)
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
         env.pop("MLFLOW_TRACKING_URI", None)
+        # MLflow 3's job runner (GenAI trace roll-ups, scorers) starts seven huey worker processes that
+        # keep two cores busy; training runs need none of it. A user's own setting wins.
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         cmd = [*_mlflow_command(), "server", "--host", host, "--port", str(port), "--workers", str(workers),
                "--serve-artifacts", "--artifacts-destination", artifacts,
                # uvicorn kills a worker that takes over 5 s to answer its supervisor: importing
