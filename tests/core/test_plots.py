@@ -127,7 +127,7 @@ def test_plotting_never_imports_pyplot(tmp_path):
     """Figures use the Agg canvas directly: no GUI backend is chosen, no figure stays open."""
     script = (
         "import sys, numpy as np\n"
-        "from medfake import plots\n"
+        "from medfake.core import plots\n"
         f"plots.roc_plot({{'m': ([0, 1, 1, 0], [0.2, 0.8, 0.6, 0.4])}}, {str(tmp_path / 'roc.png')!r})\n"
         f"plots.montage([[np.eye(8)]], ['Original'], ['(a)'], {str(tmp_path / 'm.png')!r})\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
