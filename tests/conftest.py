@@ -26,6 +26,11 @@ def tracking_store(tmp_path, monkeypatch):
     import mlflow
 
     mlflow.set_tracking_uri(uri)
+    # MLflow remembers the active experiment across stores: an earlier test's experiment id would
+    # not exist in this new store, so start every test in the store's own Default experiment.
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    mlflow.set_experiment("Default")
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
