@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Two pytest workers (pytest-xdist), one test file each at a time (module fixtures stay in one
+# process); --durations lists the slowest tests so CI's wall time can be followed.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # The development lane: everything but the tests that train models or start servers.
 test-fast: $(STAMP)
