@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "backbones": ("medfake.models.backbones", "list the backbone registry (params, min size, weights cached)"),
     "train": ("medfake.training.train", "two-phase transfer learning of one backbone, logged to MLflow"),
     "tune": ("medfake.study.tune", "hyperparameter search with Optuna over the train step; resumable, parallel"),
-    "bench": ("medfake.bench", "benchmarks: preprocess, latency, train"),
+    "bench": ("medfake.bench", "benchmarks: preprocess, latency, train, tracking"),
     "select": ("medfake.study.select", "rank screened backbones by H, repeat the top k, compare them (Tables A1, 2)"),
     "ensemble": ("medfake.study.ensemble", "combine the top selected detectors into one logged, servable detector"),
     "paper": ("medfake.study.paper", "the whole study for a config: preprocess, screen, select, report (resumable)"),
