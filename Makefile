@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast quickstart bench clean mutation server
+.PHONY: install test test-fast quickstart bench clean mutation server ui-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,11 @@ quickstart: $(STAMP)
 SERVER_ARGS ?=
 server: $(STAMP)
 	$(BIN)/medfake server $(SERVER_ARGS)
+
+# The MLflow UI in headless Chromium (Debian's chromium + chromium-driver) on a tiny store; writes
+# the screenshots reports/ui/runs.png and reports/ui/run.png (make test runs the same test into tmp).
+ui-check: $(STAMP)
+	MEDFAKE_UI_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/core/test_ui_browser.py
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db optuna.journal data .medfake

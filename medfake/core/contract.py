@@ -62,6 +62,11 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI opens an experiment on its GenAI overview whatever the kind tag says; this query
+# (inside the URL's #fragment) opens the runs table in the "Model training" layout, checked in
+# headless Chromium by tests/core/test_ui_browser.py.
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 TAG_RUN_NAME = "mlflow.runName"  # the name the UI shows; set on runs `mlflow run` launched
 TAG_NOTE = "mlflow.note.content"  # the run's markdown description in the UI
 TAG_HEARTBEAT = "medfake.heartbeat"  # unix seconds, rewritten while the run's process lives

@@ -30,6 +30,8 @@ from medfake.core.contract import (  # noqa: F401 - re-exported for the steps
     TAG_RESOLVED_PREFIX,
     TAG_RUN_NAME,
     TAG_STAGE,
+    UI_DEFAULT_URL,
+    UI_WORKFLOW_QUERY,
 )
 from medfake.core.errors import UserError
 
@@ -71,12 +73,34 @@ def setup(experiment: str) -> str:
     use_store()
     exp = mlflow.set_experiment(experiment)
     if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces,
-        # tokens); with it, on the training runs table (issue 15).
+        # The experiment's kind for MLflow 3 (issue 15). MLflow 3.17's UI still opens a bare
+        # experiment link on its GenAI overview with this tag set (seen in Chromium): the
+        # model-training layout comes from the link's query, see ui_url.
         from mlflow.tracking import MlflowClient
 
         MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
+
+
+def ui_url(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI link of an experiment's runs table (or one run) in the model-training layout.
+
+    The one place medfake builds UI links: against a tracking server its own address, for a local
+    store where `mlflow ui` serves it. A bare ``#/experiments/<id>`` opens MLflow 3.17's GenAI
+    overview (traces, tokens) even with the experiment-kind tag (issue 15, seen in Chromium).
+    """
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT_URL
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base}/{page}?{UI_WORKFLOW_QUERY}"
+
+
+def run_ui_url(run_id: str) -> str:
+    """``ui_url`` of a run looked up in the store."""
+    from mlflow.tracking import MlflowClient
+
+    use_store()
+    return ui_url(MlflowClient().get_run(run_id).info.experiment_id, run_id)
 
 
 @contextlib.contextmanager

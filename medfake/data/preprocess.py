@@ -123,5 +123,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"dataset {dataset.digest}: {len(dataset.manifest)} slices at {dataset.info['image_size']}² in {dataset.path}")
     for split in SPLITS:
         print(f"  {split:<5}  fake {c[f'{split}_fake']:>5}  real {c[f'{split}_real']:>5}")
-    print(f"MLflow run {run_id} (experiment '{cfg.experiment}'); see `mlflow ui`")
+    print(f"MLflow run {run_id} (experiment '{cfg.experiment}'); see `mlflow ui`: {tracking.run_ui_url(run_id)}")
     return 0

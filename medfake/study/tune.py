@@ -301,7 +301,8 @@ def report(search: Search, study, options: TuneOptions, out: Path) -> Path | Non
         data_flag = f" --data {search.data_digest}" if options.data else ""
         print(f"best: trial {best.number}, {spec.metric} {best.value:.4f} → {written}")
         print(f"  train it: medfake train --model {search.plan.model} --config {_config_arg(written)}{data_flag}")
-    print(f"MLflow parent run {parent} in experiment '{search.plan.cfg.experiment}' — look at it with `mlflow ui`; "
+    print(f"MLflow parent run {parent} in experiment '{search.plan.cfg.experiment}' — look at it with `mlflow ui` "
+          f"({tracking.run_ui_url(parent)}); "
           f"study in {search.storage_shown} (join or resume: --study {search.study_name})")
     return written
 

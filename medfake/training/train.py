@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfake.core import contract, device
+from medfake.core import contract, device, tracking
 from medfake.core.contract import BASELINE
 from medfake.core.config import Config, add_config_arguments, config_from_args
 from medfake.data.preprocess import Dataset, ensure_dataset
@@ -353,7 +353,8 @@ def print_summary(summary: dict, cfg: Config) -> None:
         f" · phase 1 {eff.get('phase1_seconds', 0):.1f} s · phase 2 {eff.get('phase2_seconds', 0):.1f} s"
         f" · precision {summary['precision']} · weights {summary['weights']}"
     )
-    print(f"MLflow run {summary['run_id']} in experiment '{cfg.experiment}' — look at it with `mlflow ui`")
+    print(f"MLflow run {summary['run_id']} in experiment '{cfg.experiment}' — look at it with `mlflow ui`: "
+          f"{tracking.run_ui_url(summary['run_id'])}")
 
 
 # -- CLI ----------------------------------------------------------------------------------

@@ -19,3 +19,11 @@ def test_experiment_kind_and_run_name_under_a_launcher_run(tracking_store, monke
     run = mlflow.get_run(launcher.info.run_id)
     assert run.data.tags[TAG_RUN_NAME] == "Xception-s42" and run.info.run_name == "Xception-s42"
     assert run.info.status == "FINISHED"
+
+
+def test_ui_links_open_the_model_training_layout(tracking_store, monkeypatch):
+    from medfake.core.contract import UI_DEFAULT_URL, UI_WORKFLOW_QUERY
+
+    assert tracking.ui_url("3") == f"{UI_DEFAULT_URL}/#/experiments/3/runs?{UI_WORKFLOW_QUERY}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracker.example:5000/")
+    assert tracking.ui_url("3", "abc") == f"http://tracker.example:5000/#/experiments/3/runs/abc?{UI_WORKFLOW_QUERY}"
