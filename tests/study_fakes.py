@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +124,98 @@ class FakeLauncher:
                           cfg=cfg, experiment=cfg.experiment, parent=params["parent"], status=status,
                           predictions=fake_predictions(int(params["seed"])))
         return FakeSubmitted(run_id)
+
+
+# -- launched runs backed by real processes (the Launcher's watch for dead runs) ---------------------
+# The step a launched process runs: attach to its run as the train step does (tracking.run under
+# MLFLOW_RUN_ID: process and heartbeat tags), then finish, raise, SIGKILL itself, or hang with a
+# heartbeat an hour old. Heartbeat thread slowed down so only the test decides the heartbeat's age.
+CHILD_STEP = """
+import os, signal, sys, time
+from mlflow.tracking import MlflowClient
+from medfake.core import tracking
+from medfake.core.contract import TAG_HEARTBEAT
+
+tracking.HEARTBEAT_S = 3600
+action, experiment, name = sys.argv[1:4]
+with tracking.run(experiment, name, "screen") as run:
+    if action == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "raise":
+        raise RuntimeError("broken on purpose")
+    elif action == "hang":
+        MlflowClient().set_tag(run.info.run_id, TAG_HEARTBEAT, str(int(time.time()) - 3600))
+        time.sleep(120)
+"""
+
+CHILD_MLPROJECT = """name: relaunch-test
+entry_points:
+  main:
+    parameters: {action: string, experiment: string, name: string}
+    command: "python child_step.py {action} {experiment} {name}"
+"""
+
+
+class ProcessSubmitted:
+    """A launched run in a real process, shaped like MLflow's ``LocalSubmittedRun`` (``command_proc``
+    is the process, the leader of its own process group)."""
+
+    def __init__(self, run_id: str, argv: list[str]):
+        self.run_id = run_id
+        self.command_proc = subprocess.Popen(argv, env=os.environ | {"MLFLOW_RUN_ID": run_id}, start_new_session=True)
+
+    def get_status(self):
+        code = self.command_proc.poll()
+        return "RUNNING" if code is None else "FINISHED" if code == 0 else "FAILED"
+
+    def wait(self):
+        return self.command_proc.wait() == 0
+
+    def cancel(self):
+        if self.command_proc.poll() is None:
+            self.command_proc.terminate()
+        self.command_proc.wait()
+
+
+class ProcessLaunch:
+    """A ``Launcher.launch``: the k-th launch of a job runs ``actions[k]`` of :data:`CHILD_STEP` in
+    a real process. ``via_mlflow``: through ``mlflow.projects.run`` (asynchronous, local backend:
+    ``mlflow run`` starts the step as its child) on a tiny MLproject in ``folder``, as
+    ``launch_train`` does; else the step process is started directly in a run created here."""
+
+    def __init__(self, experiment: str, folder: Path, actions: list[str], via_mlflow: bool = False):
+        self.experiment, self.folder, self.actions, self.via_mlflow = experiment, Path(folder), list(actions), via_mlflow
+        self.submitted: list = []
+        (self.folder / "child_step.py").write_text(CHILD_STEP)
+        (self.folder / "MLproject").write_text(CHILD_MLPROJECT)
+
+    def __call__(self, job):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        from medfake.core import tracking
+
+        action = self.actions[sum(1 for s in self.submitted if s[0] == job)]
+        if self.via_mlflow:  # needs this venv's bin folder first on PATH (`mlflow`, `python`)
+            submitted = mlflow.projects.run(
+                uri=str(self.folder), parameters={"action": action, "experiment": self.experiment, "name": job.run_name},
+                experiment_name=self.experiment, env_manager="local", synchronous=False, run_name=job.run_name)
+        else:
+            experiment_id = tracking.setup(self.experiment)
+            run_id = MlflowClient().create_run(experiment_id, run_name=job.run_name).info.run_id
+            submitted = ProcessSubmitted(run_id, [sys.executable, str(self.folder / "child_step.py"), action,
+                                                  self.experiment, job.run_name])
+        self.submitted.append((job, submitted))
+        return submitted
+
+    def stop_all(self):
+        """Leave no process behind, whatever the test saw (each launch leads its own process group)."""
+        import signal
+
+        for _, submitted in self.submitted:
+            if submitted.command_proc.poll() is None:
+                os.killpg(submitted.command_proc.pid, signal.SIGKILL)
+            submitted.command_proc.wait()
 
 
 def log_study_screen(models=tuple(study.TABLE1), data_digest="d" * 16, experiment=EXPERIMENT) -> dict[str, str]:

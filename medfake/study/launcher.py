@@ -4,12 +4,18 @@
 hand them to one :class:`Launcher`, which reuses every job whose run already FINISHED (same stage,
 model, seed, config and data digest) and starts the rest through ``mlflow.projects.run`` —
 locally or on any backend MLflow projects support — ``parallel`` at a time.
+
+While it waits it watches each launched run (issue 15): a run whose process died without ending
+it (SIGKILL, out of memory, a lost node) or whose heartbeat went stale is ended FAILED with the
+reason in ``medfake.failure`` and its job launched once more; a run that failed by itself (an
+exception, which ``medfake.failure`` already explains) would fail the same way and is not.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,12 +23,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medfake.core import tracking
-from medfake.core.contract import TAG_CONFIG_DIGEST, TAG_DATA_DIGEST, TAG_FAILURE, TAG_MODEL
+from medfake.core.contract import TAG_CONFIG_DIGEST, TAG_DATA_DIGEST, TAG_FAILURE, TAG_HEARTBEAT, TAG_MODEL, TAG_PROCESS
 from medfake.core.errors import UserError
+from medfake.core.runs import DEFAULT_MAX_AGE_S, stale_reason
 from medfake.study.ranking import use_store
 
 CONFIG_FOLDER = Path(".medfake") / "configs"
 POLL_SECONDS = 2.0
+ATTEMPTS = 2  # a job whose process dies is launched once more; a second death is a failure
 
 
 class RepeatsFailed(UserError):
@@ -100,7 +108,9 @@ class Launcher:
     projects backend and its config, how many at a time, and the progress lines.
 
     ``launch`` replaces :func:`launch_train` (one job → an object with ``run_id``,
-    ``get_status()``, ``wait()`` and ``cancel()``, as ``SubmittedRun`` has).
+    ``get_status()``, ``wait()`` and ``cancel()``, as ``SubmittedRun`` has). ``stale_after_s``:
+    seconds without a heartbeat before a launched run is taken for dead; ``poll_s``: how often
+    the launched runs are looked at.
     """
 
     experiment: str
@@ -110,6 +120,8 @@ class Launcher:
     parallel: int = 1
     launch: Callable[[TrainJob], Any] | None = None
     say: Callable[[str], None] = field(default_factory=lambda: Progress("select"))
+    stale_after_s: float = DEFAULT_MAX_AGE_S
+    poll_s: float = POLL_SECONDS
 
     def submit(self, job: TrainJob):
         if self.launch is not None:
@@ -119,7 +131,8 @@ class Launcher:
     def run_jobs(self, jobs: list[TrainJob], what: str) -> tuple[dict[TrainJob, str], list[str]]:
         """Reuse finished runs, launch the rest ``parallel`` at a time; returns (job → run id, failures).
 
-        Ctrl-C cancels the runs in flight (they end KILLED) and re-raises.
+        A run whose process died or whose heartbeat went stale is ended FAILED and its job launched
+        again, once (:meth:`_watch`). Ctrl-C cancels the runs in flight (they end KILLED) and re-raises.
         """
         from mlflow.tracking import MlflowClient
 
@@ -140,24 +153,56 @@ class Launcher:
                 + ", ".join(job.run_name for job in jobs if job in done))
         failures: list[str] = []
         active: dict[TrainJob, Any] = {}
+        attempts: dict[TrainJob, int] = {}
+        replaces: dict[TrainJob, tuple[str, str]] = {}  # job → (the dead run, why it died)
         to_launch, launched = len(pending), 0
+        # Heartbeat ages are only judged once the store has answered for stale_after_s without a break: a
+        # store that was down (a restarted tracking server) held every run's heartbeat back.
+        store_ok_since, store_down = time.monotonic(), False
         try:
             while pending or active:
                 while pending and len(active) < parallel:
                     job = pending.pop(0)
                     submitted = self.submit(job)
                     active[job] = submitted
+                    attempts[job] = attempts.get(job, 0) + 1
                     launched += 1
                     say(f"{what} {launched}/{to_launch} {job.run_name}: launched run {submitted.run_id} "
                         f"({len(active)} running, {len(pending)} waiting)")
-                finished = [job for job, submitted in active.items()
-                            if submitted.get_status() not in ("RUNNING", "SCHEDULED")]
-                if not finished:
-                    if parallel == 1 and len(active) == 1:
-                        next(iter(active.values())).wait()
+                    if job in replaces:
+                        dead, why = replaces.pop(job)
+                        MlflowClient().set_tag(dead, TAG_FAILURE, f"{why}; relaunched as run {submitted.run_id}"[:4000])
+                judge_age = time.monotonic() - store_ok_since >= self.stale_after_s
+                finished, died, answered = [], [], True
+                for job, submitted in active.items():
+                    try:
+                        ended, why = self._watch(submitted, judge_age)
+                    except Exception as exc:  # noqa: BLE001 - the store did not answer; look again next poll
+                        if not store_down:
+                            say(f"{what}: the tracking store did not answer ({type(exc).__name__}); waiting for it")
+                        store_ok_since, store_down, answered = time.monotonic(), True, False
+                        continue
+                    if why:
+                        died.append((job, why))
+                    elif ended:
+                        finished.append(job)
+                store_down = store_down and not answered
+                for job, why in died:
+                    submitted = active.pop(job)
+                    _stop(submitted)
+                    again = attempts[job] < ATTEMPTS
+                    note = "relaunching" if again else f"died {attempts[job]} times, not relaunched"
+                    MlflowClient().set_tag(submitted.run_id, TAG_FAILURE, f"{why}; {note}"[:4000])
+                    MlflowClient().set_terminated(submitted.run_id, "FAILED")
+                    if again:
+                        pending.insert(0, job)
+                        replaces[job] = (submitted.run_id, why)
+                        to_launch += 1
+                        say(f"{what} {job.run_name}: run {submitted.run_id} {why}; ended it FAILED, launching it again")
                     else:
-                        time.sleep(POLL_SECONDS)
-                    continue
+                        failures.append(f"{job.run_name} ({submitted.run_id}, FAILED: {why})")
+                        say(f"{what} {job.run_name}: run {submitted.run_id} {why}; ended it FAILED, "
+                            f"died {attempts[job]} times (tag {TAG_FAILURE})")
                 for job in finished:
                     submitted = active.pop(job)
                     status = MlflowClient().get_run(submitted.run_id).info.status
@@ -168,11 +213,68 @@ class Launcher:
                     else:
                         failures.append(f"{job.run_name} ({submitted.run_id}, {status})")
                         say(f"{what} {job.run_name}: ended {status}, see run {submitted.run_id} (tag {TAG_FAILURE})")
+                if active and not finished and not died:
+                    time.sleep(self.poll_s)
         except KeyboardInterrupt:
             for submitted in active.values():
                 submitted.cancel()
             raise
         return done, failures
+
+    def _watch(self, submitted, judge_age: bool) -> tuple[bool, str]:
+        """(whether the launched process ended, why its run is taken for dead — "" while it is not).
+
+        Under the local backend the launched process is ``mlflow run``, which runs the train step
+        as its child: if the train step is killed, ``mlflow run`` ends the run FAILED without
+        ``medfake.failure`` (the step had no chance to say why) and exits 1; if ``mlflow run``
+        itself is killed, its ``get_status()`` says FAILED (the exit code is negative) while the
+        run stays RUNNING. A step that failed by itself always sets ``medfake.failure``.
+        """
+        from mlflow.tracking import MlflowClient
+
+        if submitted.get_status() in ("RUNNING", "SCHEDULED"):
+            if not judge_age:
+                return False, ""
+            run = MlflowClient().get_run(submitted.run_id)
+            # No heartbeat yet: the step has not started (a pod waiting for a node, a slow import).
+            if run.info.status != "RUNNING" or TAG_HEARTBEAT not in run.data.tags:
+                return False, ""
+            why = stale_reason(run.data.tags, run.info.start_time, self.stale_after_s, time.time())
+            return False, why or ""
+        run = MlflowClient().get_run(submitted.run_id)
+        tags = run.data.tags
+        if run.info.status == "RUNNING":
+            return True, f"process gone ({_exit_text(submitted)}) while RUNNING"
+        if run.info.status == "FAILED" and TAG_PROCESS in tags and TAG_FAILURE not in tags:
+            return True, (f"process {tags[TAG_PROCESS]} died without ending its run "
+                          f"(launcher {_exit_text(submitted)}, no {TAG_FAILURE} from the step)")
+        return True, ""
+
+
+def _exit_text(submitted) -> str:
+    process = getattr(submitted, "command_proc", None)  # LocalSubmittedRun's Popen
+    code = process.poll() if process is not None else None
+    return "exit status unknown" if code is None else f"exit {code}"
+
+
+def _stop(submitted) -> None:
+    """Make sure nothing of a dead or stale launched run still runs (no second writer to its run).
+
+    A local launch is the leader of its own process group (MLflow starts ``mlflow run`` with
+    setsid): SIGKILL to the group also reaches a train step left behind by a killed ``mlflow run``.
+    Other backends cancel their job.
+    """
+    process = getattr(submitted, "command_proc", None)
+    if process is None:
+        submitted.cancel()
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if process.poll() is None:
+        process.kill()
+    process.wait()
 
 
 # -- the project folder ------------------------------------------------------------------------
