@@ -1,16 +1,15 @@
-"""``precision: auto`` and ``jit_compile: auto``: what was measured fastest for a backbone on a device.
+"""``precision: auto`` and ``jit_compile: auto``: what a backbone trains in on a device.
 
-On CUDA GPUs: float16 mixed precision and XLA. On CPUs: ``medfake bench train`` on this project's
-2-core Intel Xeon (reports/benchmarks/train.md, one loaded run) found bfloat16 training faster only
-for Xception (1.06×) and slower for ResNet50V2 (0.86×), DenseNet121 (0.88×) and MobileNetV3Large
-(0.53×), unlike the earlier AMD EPYC measurements in the design notes; so ``auto`` keeps float32
-elsewhere. XLA (``jit_compile``) made CPU training several times slower, so it is off on CPUs.
+On CUDA GPUs: float16 mixed precision and XLA. On CPUs: float32. ``medfake bench train`` on this
+project's 2-core Intel Xeon (reports/benchmarks/train.md, one loaded run) found bfloat16 training at
+best 1.06× faster (Xception) and slower for ResNet50V2 (0.86×), DenseNet121 (0.88×) and
+MobileNetV3Large (0.53×); and the same-seed quickstart (Xception from scratch, phantom, 2026-12-02)
+reached test AUC 0.545 in bfloat16 against 0.788 in float32 — bfloat16's 8-bit mantissa (about
+1.5-3 HU after the lung window) blurs the faint tamper texture the detector has to learn. XLA
+(``jit_compile``) made CPU training several times slower, so it is off on CPUs.
 """
 
 from __future__ import annotations
-
-# Backbones whose phase-2 training measured faster in bfloat16 than float32 on the CPU.
-CPU_BFLOAT16_FASTER = frozenset({"Xception"})
 
 
 def accelerator() -> str:
@@ -40,9 +39,6 @@ def choose(precision: str, jit_compile: str, backbone: str, device: str | None =
     """(precision, jit) actually used for a backbone; explicit choices are kept as given."""
     device = device or accelerator()
     if precision == "auto":
-        if device == "gpu":
-            precision = "float16"
-        else:
-            precision = "bfloat16" if backbone in CPU_BFLOAT16_FASTER else "float32"
+        precision = "float16" if device == "gpu" else "float32"
     jit = {"true": True, "false": False}.get(str(jit_compile).lower(), device == "gpu")
     return precision, jit

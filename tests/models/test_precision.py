@@ -1,11 +1,11 @@
-from medfake.models.precision import CPU_BFLOAT16_FASTER, choose
+from medfake.models.precision import choose
 
 
-def test_auto_follows_the_device_and_the_measured_table():
+def test_auto_follows_the_device():
     assert choose("auto", "auto", "Xception", "gpu") == ("float16", True)
-    assert choose("auto", "auto", "MobileNetV3Large", "cpu") == ("float32", False)
-    for name in CPU_BFLOAT16_FASTER:
-        assert choose("auto", "auto", name, "cpu") == ("bfloat16", False)
+    # bfloat16 training cost the quickstart's Xception 0.24 test AUC on the CPU: auto never picks it there.
+    for name in ("Xception", "MobileNetV3Large", "ResNet50V2"):
+        assert choose("auto", "auto", name, "cpu") == ("float32", False)
 
 
 def test_explicit_choices_are_kept():
