@@ -81,6 +81,15 @@ def _compile(model, lr: float, cfg: Config, jit: bool) -> None:
     )
 
 
+def _schedule(cfg: Config, base_lr: float, epochs: int):
+    """Per-epoch rates for ``run_phase`` (None: the compiled constant rate, the study's protocol)."""
+    from medfake.training import fitting
+
+    if cfg.train.lr_schedule == "constant":
+        return None
+    return lambda epoch: fitting.epoch_learning_rate(base_lr, cfg.train.lr_schedule, epoch, epochs)
+
+
 def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progress: bool = True) -> dict:
     """Both phases on one detector. Returns the model, the resolved choices and timings."""
     from medfake.models import detector as det
@@ -148,6 +157,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     state1 = fitting.run_phase(
         trained, 1, cfg.train.phase1_epochs, phase1_fit_data, phase1_val, y_val,
         on_epoch=lambda e, logs: log_epoch(1, e, logs), checkpoints=checkpoints, progress=progress,
+        learning_rate=_schedule(cfg, cfg.train.phase1_lr, cfg.train.phase1_epochs),
     )
     if cfg.train.feature_cache:
         det.copy_head_weights(head, model)
@@ -174,6 +184,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
             model, 2, cfg.train.phase2_epochs, phase2_data,
             lambda: fitting.predict_images(model, split_rows(images, val_rows), batch), y_val,
             on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints, progress=progress,
+            learning_rate=_schedule(cfg, cfg.train.phase2_lr, cfg.train.phase2_epochs),
         )
     timings["phase2_seconds"] = time.perf_counter() - t1
     epochs2 = state2.epochs_done if state2 else 0
@@ -296,17 +307,19 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
     def embed_fn(images):
         return fitting.predict_images(embedder, images, batch)
 
+    example = np.asarray(dataset.images[:batch], np.float32)[..., None]
+    # The model is logged before the evaluation: MLflow 3 links the metrics a run logs after a
+    # logged model (same step) to that model, so the Models view compares detectors by test metrics.
+    log_detector_model(model, example[:1])
     evaluation = _evaluate(plan, dataset, score_fn, artifacts, embed_fn)
     if cfg.eval.explain:  # issue 13: the maps' localisation beside the test metrics
         evaluation["localisation"] = log_localisation(model, dataset, cfg, "test")
-    example = np.asarray(dataset.images[:batch], np.float32)[..., None]
     mean_ms, std_ms = latency(model.predict_on_batch, example, cfg.eval.latency_steps)
     states = [s for s in result["states"] if s is not None]
     efficiency = efficiency_metrics(det.count_params_m(model), mean_ms, std_ms, len(example)) | result["timings"]
     efficiency |= {f"phase{s.phase}_best_epoch": float(s.best_epoch) for s in states}
     efficiency |= {f"phase{s.phase}_best_val_loss": float(s.best_val_loss) for s in states}
     mlflow.log_metrics({k: float(v) for k, v in efficiency.items() if np.isfinite(v)})
-    log_detector_model(model, example[:1])
     return {"evaluation": evaluation, "efficiency": efficiency, "precision": result["precision"],
             "weights": result["weights_used"]}
 

@@ -93,6 +93,10 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     x = np.asarray(dataset.images[:4], np.float32)[..., None]
     scored = np.asarray(mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x)).reshape(-1)
     assert scored.shape == (4,) and np.all((scored >= 0) & (scored <= 1))
+    # MLflow 3's Models view: the test metrics are linked to the run's logged model.
+    (output,) = run.outputs.model_outputs
+    linked = {m.key: m.value for m in mlflow.get_logged_model(output.model_id).metrics or []}
+    assert linked["test_auc"] == pytest.approx(metrics["test_auc"]) and "test_h" in linked
     # Same seed, same data → same test metrics (repeatable CPU runs).
     again = mlflow.get_run(train(plan, data_digest=dataset.digest, progress=False)).data.metrics
     assert again["test_auc"] == pytest.approx(metrics["test_auc"], abs=1e-6)
