@@ -55,3 +55,89 @@ def test_by_scan_and_random_are_unchanged_in_kind():
     assert abs((random == "test").mean() - 0.15) < 0.03
     with pytest.raises(UserError, match="split_fractions"):
         assign_splits(labels, groups, "random", (0.5, 0.5, 0.5), seed=1)
+
+
+def _scans(spec):
+    """(scan id, experiment, fakes, reals) per scan -> labels, groups, experiments per slice."""
+    labels, groups, experiments = [], [], []
+    for name, exp, fakes, reals in spec:
+        labels += [1] * fakes + [0] * reals
+        groups += [name] * (fakes + reals)
+        experiments += [exp] * (fakes + reals)
+    return np.array(labels), np.array(groups), np.array(experiments)
+
+
+def _scan_count(split, groups, name: str) -> int:
+    return len(set(groups[split == name]))
+
+
+@pytest.mark.parametrize("n_scans, fractions, expected", [
+    (20, FRACTIONS, {"train": 14, "val": 3, "test": 3}),   # folds of ~15 %: 7 folds of 20 scans
+    (9, (0.4, 0.3, 0.3), {"train": 3, "val": 3, "test": 3}),  # folds of ~30 %: 3 folds
+    (3, FRACTIONS, {"train": 1, "val": 1, "test": 1}),     # the fewest scans by_scan accepts
+])
+def test_by_scan_gives_each_split_its_fraction_of_the_scans(n_scans, fractions, expected):
+    labels, groups, _ = _scans([(f"s{k:02d}", "", 6, 6) for k in range(n_scans)])
+    split = assign_splits(labels, groups, "by_scan", fractions, seed=0)
+    assert {name: _scan_count(split, groups, name) for name in expected} == expected
+    np.testing.assert_array_equal(split, assign_splits(labels, groups, "by_scan", fractions, seed=0))
+
+
+def test_by_scan_needs_three_scans():
+    labels, groups, _ = _scans([("s0", "", 6, 6), ("s1", "", 6, 6)])
+    with pytest.raises(UserError, match="by_scan needs at least 3 scans, the data has 2"):
+        assign_splits(labels, groups, "by_scan", FRACTIONS, seed=0)
+
+
+@pytest.mark.parametrize("fake_scans", [1, 2])
+def test_by_scan_puts_both_classes_in_test_first_then_val(fake_scans):
+    # CT-GAN scans with LIDC negatives: every scan is all-fake or all-real, so only some folds hold both.
+    spec = [(f"fake{k}", "", 10, 0) for k in range(fake_scans)] + [(f"real{k:02d}", "", 0, 10) for k in range(12 - fake_scans)]
+    labels, groups, _ = _scans(spec)
+    split = assign_splits(labels, groups, "by_scan", FRACTIONS, seed=0)
+    assert set(split) == {"train", "val", "test"}
+    assert set(labels[split == "test"]) == {0, 1}
+    if fake_scans == 2:
+        assert set(labels[split == "val"]) == {0, 1}
+
+
+def test_by_experiment_holds_out_its_val_fraction_of_the_experiment_1_scans():
+    labels, groups, experiments = _scans([(f"a{k:02d}", TRAIN_EXPERIMENT, 6, 0) for k in range(12)]
+                                         + [("b0", TEST_EXPERIMENT, 6, 0)])
+    split = assign_splits(labels, groups, "by_experiment", FRACTIONS, seed=0, experiments=experiments)
+    # val / (train + val) = 0.15 / 0.85: folds of 2 of the 12 experiment-1 scans, one of them val.
+    assert {name: _scan_count(split, groups, name) for name in ("train", "val", "test")} == {
+        "train": 10, "val": 2, "test": 1}
+
+
+def test_by_experiment_accepts_two_experiment_1_scans_and_one_experiment_2_scan():
+    labels, groups, experiments = _scans([("a0", TRAIN_EXPERIMENT, 6, 0), ("a1", TRAIN_EXPERIMENT, 6, 0),
+                                          ("b0", TEST_EXPERIMENT, 6, 0)])
+    split = assign_splits(labels, groups, "by_experiment", FRACTIONS, seed=0, experiments=experiments)
+    assert {name: _scan_count(split, groups, name) for name in ("train", "val", "test")} == {
+        "train": 1, "val": 1, "test": 1}
+
+
+def test_lidc_scans_go_largest_first_to_the_split_short_of_reals():
+    # Fakes: train 20 (two of the three experiment-1 scans), val 10, test 10. LIDC scans of 10, 8, 6,
+    # 4, 2 reals, largest first, each to the split whose fakes most outnumber its reals (ties: train,
+    # val, test): 10 and 8 -> train, 6 -> val, 4 and 2 -> test.
+    labels, groups, experiments = _scans(
+        [(f"a{k}", TRAIN_EXPERIMENT, 10, 0) for k in range(3)] + [("b0", TEST_EXPERIMENT, 10, 0)]
+        + [("lidc-a", "", 0, 2), ("lidc-b", "", 0, 4), ("lidc-c", "", 0, 6), ("lidc-d", "", 0, 8),
+           ("lidc-e", "", 0, 10)])
+    split = assign_splits(labels, groups, "by_experiment", FRACTIONS, seed=0, experiments=experiments)
+    lidc = experiments == ""
+    assert {name: sorted(set(groups[lidc & (split == name)])) for name in ("train", "val", "test")} == {
+        "train": ["lidc-d", "lidc-e"], "val": ["lidc-c"], "test": ["lidc-a", "lidc-b"]}
+    assert {name: int((labels[split == name] == 0).sum()) for name in ("train", "val", "test")} == {
+        "train": 18, "val": 6, "test": 6}
+
+
+def test_by_experiment_validates_on_a_fold_with_both_classes():
+    # Matched negatives come from the labelled scans: only a0 holds both classes; 6 scans give 6 folds.
+    labels, groups, experiments = _scans([("a0", TRAIN_EXPERIMENT, 6, 6)]
+                                         + [(f"a{k}", TRAIN_EXPERIMENT, 6, 0) for k in range(1, 6)]
+                                         + [("b0", TEST_EXPERIMENT, 6, 6)])
+    split = assign_splits(labels, groups, "by_experiment", FRACTIONS, seed=0, experiments=experiments)
+    assert sorted(set(groups[split == "val"])) == ["a0"]

@@ -18,6 +18,9 @@ def test_default_metric_is_validation_h_and_losses_are_lower_better():
     assert pm.metric_direction("val_h") == 1 and pm.metric_direction("test_auc") == 1
     for metric in ("val_loss", "test_ece", "latency_ms_mean", "latency_ms_std", "train_seconds"):
         assert pm.metric_direction(metric) == -1, metric
+    # Keras' own history keys carry no split prefix: a bare "loss" is still lower-better.
+    for metric in ("loss", "ece", "seconds"):
+        assert pm.metric_direction(metric) == -1, metric
 
 
 @pytest.mark.parametrize(
@@ -42,6 +45,10 @@ def test_reasons_say_why():
     assert pm.compare(0.91, 0.90, True, 0.05, 1, "val_h")[1] == (
         "val_h 0.9100 beats the champion's 0.9000 by only 0.0100 < min-delta 0.05")
     assert pm.compare(0.80, 0.90, True, 0.0, 1, "val_h")[1] == "val_h 0.8000 does not beat the champion's 0.9000"
+    # A tie is "does not beat", also with a positive min-delta (not "beats by only 0").
+    assert pm.compare(0.90, 0.90, True, 0.05, 1, "val_h")[1] == "val_h 0.9000 does not beat the champion's 0.9000"
+    assert pm.compare(0.99, 0.50, False, 0.0, 1, "val_h")[1] == (
+        "the champion was evaluated on another data digest, so the metrics are not comparable")
 
 
 def test_lower_is_better_metric_gains_by_going_down():
@@ -89,3 +96,5 @@ def test_the_seed_is_not_part_of_the_setup():
     assert pm.setup_digest(base) == pm.setup_digest(base | {"seed": "43", "weights_used": "imagenet"})
     assert pm.setup_digest(base) != pm.setup_digest(base | {"data.image_size": "128"})
     assert len(pm.setup_digest(base)) == 12
+    # The same params read back from the store in another order are the same setup.
+    assert pm.setup_digest(dict(reversed(list(base.items())))) == pm.setup_digest(base)

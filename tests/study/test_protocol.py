@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -89,7 +90,9 @@ def test_two_repeats_per_kept_model_with_seeds_screen_seed_plus_one_and_two(monk
     monkeypatch.chdir(tmp_path)
     cfg = load_config("paper")
     assert cfg.seed == 42
-    monkeypatch.setitem(repeat_jobs.__globals__, "screen_config", lambda run_id: cfg)
+    # The module's global, not repeat_jobs.__globals__: under mutmut the function is a wrapper from
+    # another module, and the mutation run must see the same stand-in.
+    monkeypatch.setattr(sys.modules[repeat_jobs.__module__], "screen_config", lambda run_id: cfg)
     selection = rank_models(_study_screen(), "test", 6)
     jobs, warnings = repeat_jobs(selection, 2, parent="select-run")
     assert not [w for w in warnings if "digest" not in w]
@@ -112,3 +115,16 @@ def test_table_2_is_mean_and_sample_std_over_the_three_runs():
     assert row["std"] == pytest.approx(math.sqrt(((0.03) ** 2 + (0.01) ** 2 + (0.04) ** 2) / 2))  # ddof = 1
     one = frame[frame["model"] == "One"]
     assert list(one["metric"]) == ["test_accuracy"] and math.isnan(one.iloc[0]["std"])
+
+
+def test_table_2_counts_only_the_runs_that_have_a_finite_value():
+    runs = [{"test_accuracy": math.nan, "test_f1": 0.80, "test_h": 0.5},
+            {"test_accuracy": math.nan, "test_f1": 0.90},
+            {"test_f1": 0.85, "test_h": 0.7}]
+    frame = aggregate({"M": runs}).set_index("metric")
+    assert list(frame.index) == ["test_f1", "test_h"]  # no finite accuracy: no row, the next metrics still come
+    assert frame.loc["test_f1", "n"] == 3 and frame.loc["test_f1", "mean"] == pytest.approx(0.85)
+    assert frame.loc["test_h", "n"] == 2 and frame.loc["test_h", "mean"] == pytest.approx(0.6)
+    assert frame.loc["test_h", "std"] == pytest.approx(0.2 / math.sqrt(2))  # two runs have a sample std
+    empty = aggregate({"M": [{"val_accuracy": 0.9}]})
+    assert empty.empty and list(empty.columns) == ["model", "metric", "n", "mean", "std"]
