@@ -141,3 +141,17 @@ def test_by_experiment_validates_on_a_fold_with_both_classes():
                                          + [("b0", TEST_EXPERIMENT, 6, 6)])
     split = assign_splits(labels, groups, "by_experiment", FRACTIONS, seed=0, experiments=experiments)
     assert sorted(set(groups[split == "val"])) == ["a0"]
+
+
+def test_random_split_keeps_the_class_ratio_in_every_split():
+    labels = np.array([1] * 20 + [0] * 180)  # one fake in ten
+    for seed in range(5):  # an unstratified draw would miss one in ten in some split for some seed
+        split = assign_splits(labels, np.arange(200).astype(str), "random", FRACTIONS, seed=seed)
+        sizes = {name: (int((split == name).sum()), int(labels[split == name].sum())) for name in ("train", "val", "test")}
+        assert sizes == {"train": (139, 14), "val": (31, 3), "test": (30, 3)}, seed
+
+
+def test_by_experiment_without_experiments_is_a_programming_error():
+    labels, groups, _ = _slices()
+    with pytest.raises(ValueError, match="^split by_experiment needs the experiment of every slice$"):
+        assign_splits(labels, groups, "by_experiment", FRACTIONS, seed=0)

@@ -8,12 +8,14 @@ import argparse
 import inspect
 import math
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from medfake.core.config import load_config
 from medfake.core.contract import BASELINE
+from medfake.core.errors import UserError
 from medfake.models import published as study
 from medfake.study import ranking, statistics
 from medfake.study import select as sel
@@ -128,3 +130,33 @@ def test_table_2_counts_only_the_runs_that_have_a_finite_value():
     assert frame.loc["test_h", "std"] == pytest.approx(0.2 / math.sqrt(2))  # two runs have a sample std
     empty = aggregate({"M": [{"val_accuracy": 0.9}]})
     assert empty.empty and list(empty.columns) == ["model", "metric", "n", "mean", "std"]
+
+
+def test_each_repeat_runs_its_screen_runs_own_config_on_the_same_data(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("paper")
+    asked: list[str] = []
+
+    def screen_config(run_id):
+        asked.append(run_id)
+        return cfg
+
+    monkeypatch.setattr(sys.modules[repeat_jobs.__module__], "screen_config", screen_config)
+    selection = rank_models(_study_screen(), "test", 6, data_digest="d" * 16)
+    jobs, warnings = repeat_jobs(selection, 1)
+    assert asked == [entry.run_id for entry in selection.kept]
+    for job in jobs:
+        assert job.data_digest == "d" * 16 and job.parent == ""
+        assert job.parameters()["set"] == ""  # the saved config as it is, no overrides
+        assert Path(job.config).read_text() == cfg.to_yaml()
+    # The screen runs' tag ("c" * 16) is not this config's digest: one warning per kept model, naming both.
+    assert len(warnings) == 6 and all(cfg.digest() in w and "c" * 16 in w for w in warnings)
+    for entry in selection.ranked:
+        entry.config_digest = cfg.digest()
+    assert repeat_jobs(selection, 1)[1] == []
+    for entry in selection.ranked:
+        entry.config_digest = ""  # an untagged screen run: nothing to compare with
+    assert repeat_jobs(selection, 1)[1] == []
+    monkeypatch.setattr(sys.modules[repeat_jobs.__module__], "screen_config", lambda run_id: None)
+    with pytest.raises(UserError, match=r"screen run .* has no config.yaml artifact to repeat it with"):
+        repeat_jobs(selection, 1)
