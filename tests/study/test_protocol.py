@@ -160,3 +160,41 @@ def test_each_repeat_runs_its_screen_runs_own_config_on_the_same_data(monkeypatc
     monkeypatch.setattr(sys.modules[repeat_jobs.__module__], "screen_config", lambda run_id: None)
     with pytest.raises(UserError, match=r"screen run .* has no config.yaml artifact to repeat it with"):
         repeat_jobs(selection, 1)
+
+
+def test_the_ranking_keeps_each_runs_identity_and_says_what_it_skipped():
+    no_metrics = _run("NoMetrics", 0.9, 0.9, 0.9, split="test")
+    bad_seed = _run("BadSeed", 0.9, 0.9, 0.9, split="val")
+    bad_seed.data.params["seed"] = "forty-two"
+    no_seed = _run("NoSeed", 0.8, 0.8, 0.8, split="val")
+    del no_seed.data.params["seed"]
+    no_seed.info.run_name = None
+    del no_seed.data.tags["medfake.config_digest"]
+    tagged = _run("Tagged", 0.9, 0.9, 0.9, seed=7, split="val")
+    # Skipped runs come first: the ones after them are still ranked.
+    selection = rank_models([no_metrics, bad_seed, no_seed, tagged], "val", 1, experiment="exp", data_digest="d1")
+    assert (selection.experiment, selection.data_digest, selection.rank_on, selection.top_k) == ("exp", "d1", "val", 1)
+    assert selection.warnings == [
+        "skipping screen run NoMetrics-s42 (run-NoMetrics): missing metric val_accuracy, val_f1, val_specificity",
+        "skipping screen run BadSeed-s42 (run-BadSeed): param seed is not an integer",
+    ]
+    first, second = selection.ranked
+    assert (first.model, first.run_id, first.run_name, first.seed, first.config_digest, first.kept) == (
+        "Tagged", "run-Tagged", "Tagged-s7", 7, "c" * 16, True)
+    assert first.metrics == tagged.data.metrics
+    # No run name, no seed param, no config digest tag: the model's name, seed 0, no digest.
+    assert (second.model, second.run_id, second.run_name, second.seed, second.config_digest, second.kept) == (
+        "NoSeed", "run-NoSeed", "NoSeed", 0, "", False)
+    assert [e.model for e in rank_models([tagged], "val", 1).kept] == ["Tagged"]  # top-k 1 is allowed
+    plain = rank_models([tagged], "val", 1)
+    assert (plain.experiment, plain.data_digest) == ("", "")
+
+
+def test_ranking_options_and_an_empty_ranking_are_one_line_errors():
+    runs = [_run("A", 0.9, 0.9, 0.9)]
+    with pytest.raises(UserError, match="^--rank-on must be one of val, test, got 'train'$"):
+        rank_models(runs, "train", 6)
+    with pytest.raises(UserError, match="^--top-k must be at least 1, got 0$"):
+        rank_models(runs, "test", 0)
+    with pytest.raises(UserError, match="^no screen run in 'exp' has val_accuracy, val_f1 and val_specificity$"):
+        rank_models(runs, "val", 6, experiment="exp")
