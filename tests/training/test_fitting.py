@@ -63,27 +63,3 @@ def test_run_phase_sets_each_epochs_rate_before_it_trains():
     # data() runs before the rate is set, so epoch k sees epoch k-1's rate; after the loop, the last one.
     assert seen == pytest.approx([1.0, 0.3, 0.225])
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.075)
-
-
-def test_dihedral_gives_the_eight_symmetries_and_code_0_is_the_slice():
-    block = np.arange(9, dtype=np.float32).reshape(1, 3, 3)
-    turned = {fitting.dihedral(block, np.array([code]))[0].tobytes() for code in range(8)}
-    assert len(turned) == 8
-    assert np.array_equal(fitting.dihedral(block, np.array([0]))[0], block[0])
-    assert np.array_equal(fitting.dihedral(block, np.array([4]))[0], block[0][:, ::-1])  # mirrored only
-
-
-def test_augmented_batches_keep_labels_and_pixels_and_repeat_for_a_seed():
-    images = np.random.default_rng(0).integers(-1000, 400, (10, 4, 4)).astype(np.int16)
-    rows, labels = np.arange(10)[::-1], np.arange(10) % 2
-    a = fitting.image_batches(images, rows, labels, 4, augment_seed=(42, 2, 0))
-    b = fitting.image_batches(images, rows, labels, 4, augment_seed=(42, 2, 0))
-    c = fitting.image_batches(images, rows, labels, 4, augment_seed=(42, 2, 1))
-    changed = 0
-    for i in range(len(a)):
-        (xa, ya), (xb, _), (xc, _) = a[i], b[i], c[i]
-        assert np.array_equal(xa, xb) and np.array_equal(ya[:, 0], labels[i * 4:(i + 1) * 4])
-        for k, row in enumerate(rows[i * 4:(i + 1) * 4]):  # a slice's own pixels, only moved
-            assert sorted(xa[k, ..., 0].ravel()) == sorted(images[row].ravel().astype(np.float32))
-        changed += int(not np.array_equal(xa, xc))
-    assert changed > 0  # another epoch, other symmetries
