@@ -87,9 +87,6 @@ class TrainConfig:
     # phaseN_lr to 0 along half a cosine, one step per epoch (resume-safe: a function of the epoch),
     # for short from-scratch schedules whose last epochs would otherwise still jump around.
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    # Phase 2 only (phase 1 learns on cached features of the unaugmented slices): each training
-    # slice turned/mirrored at random. Not in the study's protocol; for small from-scratch runs.
-    augment: bool = False
 
 
 @dataclass(frozen=True)

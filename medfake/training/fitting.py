@@ -22,25 +22,9 @@ def epoch_order(seed: int, phase: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, phase, epoch]).permutation(n)
 
 
-def dihedral(block: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Each (S,S) slice of ``block`` turned by one of the square's 8 symmetries: ``codes[i]`` in
-    0..7 = (quarter turns, mirrored). A tamper's texture has no orientation, so the detector
-    should not learn one; code 0 leaves a slice as it is."""
-    out = np.empty_like(block)
-    for i, code in enumerate(np.asarray(codes)):
-        turned = np.rot90(block[i], int(code) % 4)
-        out[i] = turned[:, ::-1] if code >= 4 else turned
-    return out
-
-
-def image_batches(images, rows: np.ndarray, labels: np.ndarray, batch_size: int,
-                  augment_seed: tuple[int, ...] | None = None):
+def image_batches(images, rows: np.ndarray, labels: np.ndarray, batch_size: int):
     """A keras PyDataset over dataset rows in the given order: int16 HU memmap rows → float32
-    (b,S,S,1) batches with their labels (b,1). ``labels[i]`` belongs to ``rows[i]``.
-
-    With ``augment_seed`` (e.g. (seed, phase, epoch)), each slice gets a random symmetry of the
-    square (:func:`dihedral`), drawn from the seed and the batch index: a resumed run sees the same.
-    """
+    (b,S,S,1) batches with their labels (b,1). ``labels[i]`` belongs to ``rows[i]``."""
     import keras
 
     rows = np.asarray(rows)
@@ -58,8 +42,6 @@ def image_batches(images, rows: np.ndarray, labels: np.ndarray, batch_size: int,
             idx = np.sort(take)
             # Read sorted rows from the memmap (fast), then restore the epoch's order.
             block = np.asarray(images[idx], dtype=np.float32)[np.searchsorted(idx, take)]
-            if augment_seed is not None:
-                block = dihedral(block, np.random.default_rng([*augment_seed, i]).integers(0, 8, len(block)))
             return block[..., None], labels[i * batch_size : (i + 1) * batch_size, None]
 
     return _Batches()

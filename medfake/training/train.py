@@ -178,8 +178,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
 
         def phase2_data(epoch):
             order = fitting.epoch_order(cfg.seed, 2, epoch, len(train_rows))
-            augment = (cfg.seed, 2, epoch) if cfg.train.augment else None
-            return fitting.image_batches(images, train_rows[order], y_train[order], batch, augment), None
+            return fitting.image_batches(images, train_rows[order], y_train[order], batch), None
 
         state2 = fitting.run_phase(
             model, 2, cfg.train.phase2_epochs, phase2_data,
