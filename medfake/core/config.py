@@ -83,10 +83,6 @@ class TrainConfig:
     feature_cache: bool = True
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     jit_compile: Literal["auto", "true", "false"] = "auto"
-    # "constant": the study's fixed rates (section 4). "cosine": each phase's rate falls from its
-    # phaseN_lr to 0 along half a cosine, one step per epoch (resume-safe: a function of the epoch),
-    # for short from-scratch schedules whose last epochs would otherwise still jump around.
-    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 @dataclass(frozen=True)

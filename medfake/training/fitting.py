@@ -56,16 +56,6 @@ def predict_images(model, images, batch_size: int) -> np.ndarray:
     return np.concatenate(outputs) if outputs else np.zeros((0, 1), np.float32)
 
 
-def epoch_learning_rate(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
-    """The learning rate of one epoch: ``base_lr`` throughout ("constant", the study's), or half a
-    cosine from ``base_lr`` at epoch 0 towards 0 after the last epoch ("cosine")."""
-    if schedule == "constant" or epochs <= 0:
-        return float(base_lr)
-    if schedule == "cosine":
-        return float(base_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
-
-
 def bce(y: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(np.asarray(p, np.float64).reshape(-1), 1e-7, 1 - 1e-7)
     y = np.asarray(y, np.float64).reshape(-1)
@@ -132,12 +122,10 @@ def run_phase(
     on_epoch: Callable[[int, dict], None] | None = None,
     checkpoints: Checkpoints | None = None,
     progress: bool = True,
-    learning_rate: Callable[[int], float] | None = None,
 ) -> PhaseState:
     """Train ``epochs`` epochs; afterwards the model holds its lowest-val-loss weights.
 
-    ``train_data(epoch)`` returns ``fit`` arguments for one epoch (x, y) or (dataset, None);
-    ``learning_rate(epoch)``, when given, sets the optimizer's rate before that epoch.
+    ``train_data(epoch)`` returns ``fit`` arguments for one epoch (x, y) or (dataset, None).
     """
     from sklearn.metrics import roc_auc_score
     from tqdm import tqdm
@@ -157,8 +145,6 @@ def run_phase(
     bar = tqdm(total=epochs, initial=state.epochs_done, desc=f"phase {phase}", unit="epoch", disable=not progress)
     for epoch in range(state.epochs_done, epochs):
         x, y = train_data(epoch)
-        if learning_rate is not None:
-            model.optimizer.learning_rate.assign(learning_rate(epoch))
         # shuffle=False: the batch order is ours (epoch_order), also for PyDatasets.
         history = model.fit(x, y, epochs=1, verbose=0, shuffle=False)
         scores = np.asarray(val_scores()).reshape(-1)

@@ -81,15 +81,6 @@ def _compile(model, lr: float, cfg: Config, jit: bool) -> None:
     )
 
 
-def _schedule(cfg: Config, base_lr: float, epochs: int):
-    """Per-epoch rates for ``run_phase`` (None: the compiled constant rate, the study's protocol)."""
-    from medfake.training import fitting
-
-    if cfg.train.lr_schedule == "constant":
-        return None
-    return lambda epoch: fitting.epoch_learning_rate(base_lr, cfg.train.lr_schedule, epoch, epochs)
-
-
 def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progress: bool = True) -> dict:
     """Both phases on one detector. Returns the model, the resolved choices and timings."""
     from medfake.models import detector as det
@@ -157,7 +148,6 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     state1 = fitting.run_phase(
         trained, 1, cfg.train.phase1_epochs, phase1_fit_data, phase1_val, y_val,
         on_epoch=lambda e, logs: log_epoch(1, e, logs), checkpoints=checkpoints, progress=progress,
-        learning_rate=_schedule(cfg, cfg.train.phase1_lr, cfg.train.phase1_epochs),
     )
     if cfg.train.feature_cache:
         det.copy_head_weights(head, model)
@@ -184,7 +174,6 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
             model, 2, cfg.train.phase2_epochs, phase2_data,
             lambda: fitting.predict_images(model, split_rows(images, val_rows), batch), y_val,
             on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints, progress=progress,
-            learning_rate=_schedule(cfg, cfg.train.phase2_lr, cfg.train.phase2_epochs),
         )
     timings["phase2_seconds"] = time.perf_counter() - t1
     epochs2 = state2.epochs_done if state2 else 0
