@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -132,3 +133,58 @@ def test_train_promote_scan_through_the_server(team_server, tmp_path, monkeypatc
 
     for local_store in ("mlruns", "mlartifacts", "mlflow.db"):
         assert not (work / local_store).exists(), f"{local_store} written next to the client"
+
+
+PAPER_SETS = ("experiment=paper-team data.phantom.scans=6 data.phantom.lidc_scans=3 data.phantom.size=64 "
+              "data.phantom.slices=32 data.image_size=32 data.split=random model.weights=none "
+              "train.phase1_epochs=1 train.phase2_epochs=1 train.precision=float32 "
+              "eval.bootstrap_samples=50 eval.latency_steps=2")
+PAPER_METRICS = ("test_auc", "test_loss", "test_accuracy", "test_h", "val_loss", "test_auc_ci_low")
+
+
+def _paper_metrics(capsys) -> dict[tuple[str, str], dict[str, float]]:
+    """Run the tiny two-backbone paper with two parallel workers; its train runs' metrics by (stage, model)."""
+    import mlflow
+
+    from medfake.cli import main
+
+    argv = ["paper", "--config", "quickstart", "--set", PAPER_SETS, "--models", "MobileNetV3Large,VGG19",
+            "--repeats", "1", "--top-k", "1", "--parallel", "2", "--out", "report"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    runs = [run for stage in ("screen", "repeat") for run in mlflow.search_runs(
+        experiment_names=["paper-team"], output_format="list", filter_string=f"tags.`medfake.stage` = '{stage}'")]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    return {(run.data.tags["medfake.stage"], run.data.params["model"]): {k: run.data.metrics[k] for k in PAPER_METRICS}
+            for run in runs}
+
+
+@pytest.mark.slow
+def test_tiny_paper_on_the_server_gives_the_sqlite_metrics(team_server, project, monkeypatch, capsys):
+    """Issue 15: the same tiny `paper` (two backbones, `--parallel 2`) on SQLite and through the
+    PostgreSQL-backed server: the same runs and the same metrics, the artifacts on the server."""
+    import mlflow
+
+    running, _ = team_server
+    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
+    local = _paper_metrics(capsys)
+    assert sorted(model for stage, model in local if stage == "screen") == ["MobileNetV3Large", "VGG19"]
+    assert len(local) == 3  # two screens and the best one's repeat
+
+    team = project / "team"
+    team.mkdir()
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copy(project / name, team / name)
+    monkeypatch.chdir(team)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", running.tracking_uri)
+    mlflow.set_tracking_uri(running.tracking_uri)
+    remote = _paper_metrics(capsys)
+    assert remote.keys() == local.keys()
+    for key, metrics in local.items():
+        assert remote[key] == pytest.approx(metrics, abs=1e-6), key
+    runs = mlflow.search_runs(experiment_names=["paper-team"], output_format="list")
+    assert runs and all(run.info.artifact_uri.startswith("mlflow-artifacts:/") for run in runs)
+    assert (team / "report" / "README.md").is_file()
+    for local_store in ("mlruns", "mlartifacts", "mlflow.db"):
+        assert not (team / local_store).exists(), f"{local_store} written next to the client"
