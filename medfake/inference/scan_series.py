@@ -131,14 +131,7 @@ def _read_batch(series, indices: list[int]) -> tuple[np.ndarray, list[int], list
 
 
 def score_series(series, scorer: Scorer, batch_size: int = 16, progress: bool = False, label: str = "") -> dict:
-    """Score every readable slice in profile order: scores, slice numbers, file names, skipped slices.
-
-    The next batch is read and resampled on a second thread while the model scores the current one
-    (file reads, pixel decoding and the runtimes release the GIL), so a series costs about
-    max(read, score) rather than their sum (``medfake bench scan`` measures both).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Score every readable slice in profile order: scores, slice numbers, file names, skipped slices."""
     from tqdm import tqdm
 
     from medfake.io.transforms import resize
@@ -148,25 +141,17 @@ def score_series(series, scorer: Scorer, batch_size: int = 16, progress: bool = 
     resample = None
     if size and (series.rows, series.columns) != (size, size):
         resample = f"slices are {series.rows}×{series.columns}, the model takes {size}×{size}: resampled"
-
-    def read(indices: list[int]):
-        hu, good, bad = _read_batch(series, indices)
-        return (resize(hu, size) if resample and good else hu), good, bad
-
     scores, kept, skipped = [], [], []
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medfake-scan-read") as reader:
-        pending = reader.submit(read, batches[0]) if batches else None
-        for number in tqdm(range(len(batches)), desc=f"scan {label}".strip(), unit="batch", disable=not progress,
-                           leave=False):
-            hu, good, bad = pending.result()
-            if number + 1 < len(batches):
-                pending = reader.submit(read, batches[number + 1])
-            skipped += [(series.paths[i].name, reason) for i, reason in bad]
-            if not good:
-                continue
-            scores.append(np.asarray(scorer.predict(hu[..., None]), dtype=np.float32).reshape(-1))
-            kept += good
+    for batch in tqdm(batches, desc=f"scan {label}".strip(), unit="batch", disable=not progress, leave=False):
+        hu, good, bad = _read_batch(series, batch)
+        skipped += [(series.paths[i].name, reason) for i, reason in bad]
+        if not good:
+            continue
+        if resample:
+            hu = resize(hu, size)
+        scores.append(np.asarray(scorer.predict(hu[..., None]), dtype=np.float32).reshape(-1))
+        kept += good
     if not kept:
         raise DICOMError(f"{series.source}: no slice of the series could be decoded (e.g. {skipped[0][1]})")
     if numbering == "file number":
