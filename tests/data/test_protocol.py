@@ -208,3 +208,39 @@ def test_by_scan_split_keeps_every_scan_in_one_split():
     sizes = {name: int((split == name).sum()) for name in ("train", "val", "test")}
     assert set(sizes) == {"train", "val", "test"} and min(sizes.values()) > 0
     assert sizes["train"] > sizes["val"] and sizes["train"] > sizes["test"]
+
+
+# -- what each fake slice carries (mutation testing found these unasserted) --------------------
+def test_a_tie_between_two_labels_keeps_the_first_labels_provenance(tmp_path, small_lidc):
+    # slice 12 is +2 from the FB label at 10 and −2 from the FM label at 14: equally near
+    ctgan = _ctgan_tree(tmp_path / "ctgan", {"1001": 30}, [("FB", "1001", 10), ("FM", "1001", 14)])
+    by_slice = {c.slice: c for c in _select(_config(ctgan, small_lidc), ctgan, small_lidc) if c.label == 1}
+    assert by_slice[12].label_type == "FB" and by_slice[12].provenance.endswith("(FB) offset +2")
+    assert by_slice[13].label_type == "FM" and by_slice[13].provenance.endswith("(FM) offset -1")
+    assert by_slice[12].provenance.startswith("labels_exp1.csv row ")
+
+
+def test_fake_slices_name_their_scan_position_and_experiment(tmp_path, small_lidc):
+    from medfake.io.privacy import deidentify
+
+    ctgan = _ctgan_tree(tmp_path / "ctgan", {"1001": 21, "1002": 21}, [("FM", "1001", 10), ("FB", "1002", 3)])
+    inputs = dataset_rules.Inputs(ctgan, small_lidc)
+    series, candidates = dataset_rules.select_slices(_config(ctgan, small_lidc), inputs, progress=False)
+    fakes = [c for c in candidates if c.label == 1]
+    assert {c.group for c in fakes} == {deidentify("ctgan", "1001"), deidentify("ctgan", "1002")}
+    assert {c.series_key for c in fakes} == {"ctgan/EXP1/1001", "ctgan/EXP1/1002"}
+    assert {"ctgan/EXP1/1001", "ctgan/EXP1/1002"} <= set(series)
+    assert {c.experiment for c in fakes} == {"EXP1"}
+    for c in fakes:  # a 21-slice scan: position p of 0 … 20 is p / 20 of the way along z
+        assert c.position == c.slice and c.relative_z == pytest.approx(c.position / 20)
+
+
+def test_a_label_for_a_scan_that_is_not_there_names_its_csv_row(tmp_path, small_lidc):
+    from medfake.core.errors import UserError
+
+    ctgan = _ctgan_tree(tmp_path / "ctgan", {"1001": 20}, [("FM", "1001", 10), ("FB", "1001", 4)])
+    with open(ctgan / "labels_exp1.csv", "a") as handle:
+        handle.write("FM,4242,7,4,4\n")
+    with pytest.raises(UserError, match=r"row \d+.*4242|4242.*row \d+") as raised:
+        _select(_config(ctgan, small_lidc), ctgan, small_lidc)
+    assert len(str(raised.value).splitlines()) == 1
