@@ -125,6 +125,9 @@ def dataset_digest(cfg: Config, inputs: Inputs) -> str:
         data.pop("phantom")
     data.pop("ctgan_root")
     data.pop("lidc_root")
+    if data["split"] != "random":
+        # scan-grouped splits no longer depend on the per-checkout salt: caches built before differ
+        data["scan_order"] = "first-appearance"
     h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
     for csv in sorted(inputs.ctgan_root.rglob("labels_exp*.csv")):
         h.update(csv.read_bytes())

@@ -27,7 +27,7 @@ def assign_splits(labels: np.ndarray, groups: np.ndarray, how: str, fractions: S
     """Split name per slice. ``labels``: 1 = fake, 0 = real; ``groups``: scan ids; ``experiments``:
     the CT-GAN experiment per slice ("" for LIDC), needed by ``by_experiment`` only."""
     labels = np.asarray(labels)
-    groups = np.asarray(groups)
+    groups = first_appearance_codes(np.asarray(groups))
     train_f, val_f, test_f = fractions
     if abs(train_f + val_f + test_f - 1.0) > 1e-6 or min(fractions) <= 0:
         raise UserError(f"data.split_fractions {list(fractions)} must be three positive numbers summing to 1")
@@ -38,6 +38,18 @@ def assign_splits(labels: np.ndarray, groups: np.ndarray, how: str, fractions: S
             raise ValueError("split by_experiment needs the experiment of every slice")
         return _by_experiment(labels, groups, np.asarray(experiments), fractions, seed)
     return _by_scan(labels, groups, fractions, seed)
+
+
+def first_appearance_codes(groups: np.ndarray) -> np.ndarray:
+    """Scan ids as 0…k−1 in the order the scans first appear among the slices.
+
+    Scan ids are salted hashes (privacy: DESIGN §4) and the salt differs between checkouts, so
+    sorting them — what scikit-learn's group splitters do — gave each checkout another split of
+    the same dataset digest. The slices' order is fixed (sorted by series key and position), so
+    codes by first appearance split the same data the same way everywhere.
+    """
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse.reshape(-1)]
 
 
 def _random(labels: np.ndarray, fractions: Sequence[float], seed: int) -> np.ndarray:

@@ -155,3 +155,22 @@ def test_by_experiment_without_experiments_is_a_programming_error():
     labels, groups, _ = _slices()
     with pytest.raises(ValueError, match="^split by_experiment needs the experiment of every slice$"):
         assign_splits(labels, groups, "by_experiment", FRACTIONS, seed=0)
+
+
+@pytest.mark.parametrize("how", ["by_scan", "by_experiment"])
+def test_scan_splits_do_not_depend_on_the_checkouts_salt(how):
+    """Scan ids are salted hashes and every checkout has its own salt: the same slices must still
+    split the same way (two clones once got 179 and 199 test slices from one dataset digest)."""
+    from medfake.io.privacy import deidentify
+
+    rng = np.random.default_rng(5)
+    scans = [f"EXP{1 + (k % 3 == 0)}/{1000 + k}" for k in range(30)]
+    rows = [(scan, int(rng.integers(0, 2))) for scan in scans for _ in range(int(rng.integers(4, 12)))]
+    labels = np.array([label for _, label in rows])
+    experiments = np.array([scan.split("/")[0] for scan, _ in rows])
+    splits = []
+    for salt in ("one-checkout", "another-checkout"):
+        groups = np.array([deidentify("ctgan", scan, salt=salt) for scan, _ in rows])
+        splits.append(assign_splits(labels, groups, how, (0.7, 0.15, 0.15), 42, experiments=experiments))
+    assert set(splits[0]) == {"train", "val", "test"}
+    assert list(splits[0]) == list(splits[1])
