@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 # benchmark → (module, one-line help)
 BENCHES: dict[str, tuple[str, str]] = {
@@ -17,6 +18,14 @@ BENCHES: dict[str, tuple[str, str]] = {
     "scan": ("medfake.bench.scan", "scanning one CT series: medfake scan's path vs dcmread + Keras predict per slice"),
     "tracking": ("medfake.bench.tracking", "8 workers logging metrics to SQLite and the PostgreSQL server; server killed mid-run"),
 }
+
+
+def write_report(path: str | Path, lines: list[str]) -> None:
+    """Write a benchmark's markdown report (creating its folder) and print it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from medfake.bench import write_report
 from medfake.core.errors import UserError
 from medfake.core.config import load_config
 from medfake.core.device import cpu_description
@@ -98,8 +99,5 @@ def run_bench(args: argparse.Namespace) -> int:
         f"**Speed-up of header-first selective decoding: {speedup:.1f}×** (goal ≥ 5×).",
         "",
     ]
-    report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.report, lines)
     return 0

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfake.bench import write_report
 from medfake.core.device import cpu_description
 from medfake.core.errors import UserError
 
@@ -203,8 +204,5 @@ def run_bench(args: argparse.Namespace) -> int:
         f" series, stated for MobileNetV3Large on scan's default runtime) is {met} by it.**",
         "",
     ]
-    path = Path(args.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.report, lines)
     return 0

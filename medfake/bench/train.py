@@ -20,9 +20,10 @@ import datetime as dt
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from medfake.bench import write_report
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,10 +142,7 @@ def run_bench(args: argparse.Namespace) -> int:
         *[f"| {n} | {r:.2f} | {ms:.0f} | {h:.1f} | {hn:.1f} |" for n, r, ms, h, hn in projections],
         "",
     ]
-    report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.report, lines)
     return 0
 
 
