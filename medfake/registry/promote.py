@@ -11,9 +11,11 @@ deprecated):
 3. Its model becomes a new version of ``medfake-detector`` (tagged with run id, model, data
    digest and metrics) — or the existing version of that run is reused, so promoting twice
    with nothing new registers nothing new — and gets the alias ``challenger``.
-4. ``champion`` moves to it only when there is no champion yet, or the challenger's group mean
-   beats the champion's by at least ``--min-delta`` on the same data digest; otherwise the
-   reason is printed and ``champion`` stays.
+4. ``champion`` moves to it only when its group mean is above the floor (``--min-score``; by
+   default chance, 0.5, for the study's six metrics and H: a detector no better than a coin must
+   not guard a PACS, even as the first candidate) and there is no champion yet, or the
+   challenger's group mean beats the champion's by at least ``--min-delta`` on the same data
+   digest; otherwise the reason is printed and ``champion`` stays.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ DEFAULT_METRIC = "val_h"
 LOWER_IS_BETTER = ("_loss", "_ece", "latency_ms_mean", "latency_ms_std", "_seconds")
 # Params that differ between runs of the same setup (not part of the group key).
 RUN_SPECIFIC_PARAMS = frozenset({"seed", "weights_used", "precision_used", "jit_compile_used"})
+# Metrics in [0, 1] where a coin scores 0.5 (study section 4.3's six and their harmonic mean H):
+# the default floor a champion must beat.
+CHANCE_METRICS = ("_h", "_auc", "_accuracy", "_precision", "_recall", "_specificity", "_f1")
+CHANCE = 0.5
 VERSION_METRICS = ("val_h", "val_auc", "val_accuracy", "val_f1", "val_specificity", "test_h", "test_auc",
                    "test_accuracy", "test_f1", "test_specificity", "params_m", "latency_ms_mean")
 
@@ -106,6 +112,23 @@ class Decision:
 def metric_direction(metric: str) -> int:
     """+1 when higher is better, -1 for losses, calibration error, latency and seconds."""
     return -1 if any(metric.endswith(s) or s.strip("_") == metric for s in LOWER_IS_BETTER) else 1
+
+
+def default_floor(metric: str) -> float | None:
+    """Chance (0.5) for the six metrics and H of any split, e.g. ``val_h``; no floor for the others."""
+    return CHANCE if metric_direction(metric) > 0 and metric.endswith(CHANCE_METRICS) else None
+
+
+def above_floor(score: float, floor: float | None, direction: int, metric: str) -> tuple[bool, str]:
+    """Whether a group mean clears the floor a champion must beat, and why not (one line)."""
+    if floor is None:
+        return True, ""
+    if math.isfinite(score) and direction * (score - floor) > 0:
+        return True, ""
+    side = "above" if direction > 0 else "below"
+    chance = " (chance)" if floor == CHANCE else ""
+    return False, (f"{metric} {score:.4f} is not {side} the floor {floor:g}{chance} set by --min-score: "
+                   f"a detector no better than that does not become champion")
 
 
 def setup_digest(params: dict[str, str]) -> str:
@@ -290,12 +313,20 @@ def _set_alias(client, name: str, alias: str, version: str) -> None:
 
 
 def promote(experiment: str, metric: str = DEFAULT_METRIC, min_delta: float = 0.0, name: str = REGISTERED_MODEL,
-            dry_run: bool = False, model_filter: str | None = None) -> Decision:
-    """Apply the rule of the module docstring; returns the decision (nothing changes with ``dry_run``)."""
+            dry_run: bool = False, model_filter: str | None = None, min_score: float | None = None,
+            use_default_floor: bool = True) -> Decision:
+    """Apply the rule of the module docstring; returns the decision (nothing changes with ``dry_run``).
+
+    ``min_score`` is the floor a champion's group mean must beat; None takes :func:`default_floor`
+    unless ``use_default_floor`` is False (no floor).
+    """
     from mlflow.tracking import MlflowClient
 
     if not math.isfinite(min_delta) or min_delta < 0:
         raise UserError(f"--min-delta must be a number ≥ 0, got {min_delta}")
+    if min_score is not None and not math.isfinite(min_score):
+        raise UserError(f"--min-score must be a number, got {min_score}")
+    floor = min_score if min_score is not None else (default_floor(metric) if use_default_floor else None)
     _use_tracking_store()
     client = MlflowClient()
     direction = metric_direction(metric)
@@ -318,7 +349,10 @@ def promote(experiment: str, metric: str = DEFAULT_METRIC, min_delta: float = 0.
 
     champion = champion_version(client, name)
     champion_before = None if champion is None else str(champion.version)
-    if champion is None:
+    clears, below = above_floor(best_group.mean, floor, direction, metric)
+    if not clears:
+        moved, reason = False, below
+    elif champion is None:
         moved, reason = True, "there is no champion yet"
     elif version is not None and champion_before == version:
         moved, reason = False, f"version {version} (run {chosen.run_id}) is already the champion"
@@ -384,6 +418,19 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _floor_argument(text: str) -> dict:
+    """``--min-score``: empty = the default floor, 'none' = no floor, else a number."""
+    value = str(text).strip().lower()
+    if not value:
+        return {}
+    if value == "none":
+        return {"use_default_floor": False}
+    try:
+        return {"min_score": float(value)}
+    except ValueError:
+        raise UserError(f"--min-score must be a number or 'none', got {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_config_arguments(parser)
@@ -392,6 +439,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ranking metric, e.g. val_h, val_auc, val_loss (losses: lower is better; default val_h)")
     parser.add_argument("--min-delta", type=float, default=0.0,
                         help="how much the challenger must beat the champion by to take the alias (default 0: any gain)")
+    parser.add_argument("--min-score", default="",
+                        help="floor the challenger's mean must beat to become champion (default: 0.5, chance, "
+                             "for H and the six metrics; 'none': no floor)")
     parser.add_argument("--name", default=REGISTERED_MODEL, help=f"registered model name (default {REGISTERED_MODEL})")
     parser.add_argument("--model", default="", help="only consider runs of this backbone (registry name)")
     parser.add_argument("--dry-run", nargs="?", const=True, default=False, type=_bool, metavar="BOOL",
@@ -404,6 +454,7 @@ def run(args: argparse.Namespace) -> int:
 
         experiment = config_from_args(args).experiment
     decision = promote(experiment, metric=args.metric.strip(), min_delta=args.min_delta, name=args.name,
-                       dry_run=args.dry_run, model_filter=args.model.strip() or None)
+                       dry_run=args.dry_run, model_filter=args.model.strip() or None,
+                       **_floor_argument(args.min_score))
     print(format_decision(decision, args.name))
     return 0

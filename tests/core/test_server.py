@@ -116,7 +116,9 @@ def test_train_promote_scan_through_the_server(team_server, tmp_path, monkeypatc
     stored = state / "artifacts" / experiment.experiment_id / detector.info.run_id / "artifacts" / "predictions"
     assert (stored / "test.csv").is_file()
 
-    assert main(["promote", "--experiment", "medfake-test", "--model", "MobileNetV3Large"]) == 0
+    # a detector trained for seconds on a few slices: this checks the chain through the server, not
+    # its quality, so no chance floor (tests/registry/test_promote.py checks the floor)
+    assert main(["promote", "--experiment", "medfake-test", "--model", "MobileNetV3Large", "--min-score", "none"]) == 0
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
     assert champion.run_id == detector.info.run_id
 

@@ -221,3 +221,39 @@ def test_cli_prints_the_decision(box, capsys):
     assert box.versions() == []
     assert main(["promote", "--experiment", box.experiment, "--name", box.name, "--dry-run", "false"]) == 0
     assert len(box.versions()) == 1 and box.alias(pm.CHAMPION) == "1"
+
+
+def test_a_detector_no_better_than_chance_never_becomes_champion(box, capsys):
+    # the quickstart once made a detector that called every slice real (val_h 0.0) champion
+    # because it was the first candidate; the floor (chance, 0.5) stops that
+    from medfake.cli import main
+
+    useless = box.log_run("ModelA", 1, 0.0)
+    decision = box.promote()
+    assert decision.chosen.run_id == useless and not decision.moved
+    assert box.alias(pm.CHAMPION) is None and box.alias(pm.CHALLENGER) == "1"
+    assert decision.reason.startswith("val_h 0.0000 is not above the floor 0.5 (chance)")
+    box.log_run("ModelB", 1, 0.5)  # exactly chance is not above it
+    assert not box.promote().moved
+    good = box.log_run("ModelC", 1, 0.51)
+    decision = box.promote()
+    assert decision.moved and decision.chosen.run_id == good and box.alias(pm.CHAMPION) == "3"
+    # a champion stays when the next best group falls below the floor the user sets
+    assert not box.promote(min_score=0.6).moved and box.alias(pm.CHAMPION) == "3"
+    # the CLI: a number, 'none' (no floor), or one clear line
+    capsys.readouterr()
+    assert main(["promote", "--experiment", box.experiment, "--name", box.name, "--min-score", "0.9",
+                 "--dry-run"]) == 0
+    assert "is not above the floor 0.9 set by --min-score" in capsys.readouterr().out
+    assert main(["promote", "--experiment", box.experiment, "--name", box.name, "--min-score", "high"]) == 2
+    assert "--min-score must be a number or 'none'" in capsys.readouterr().err
+
+
+def test_the_default_floor_is_chance_for_the_six_metrics_and_h_only():
+    for metric in ("val_h", "val_auc", "test_accuracy", "val_precision", "val_recall", "val_specificity", "val_f1"):
+        assert pm.default_floor(metric) == 0.5, metric
+    for metric in ("val_loss", "latency_ms_mean", "params_m", "test_auc_true_ci_low"):
+        assert pm.default_floor(metric) is None, metric
+    assert pm.above_floor(0.9, None, 1, "val_h") == (True, "")
+    assert not pm.above_floor(float("nan"), 0.5, 1, "val_h")[0]
+    assert pm.above_floor(0.2, 0.3, -1, "val_loss")[0] and not pm.above_floor(0.3, 0.3, -1, "val_loss")[0]
