@@ -104,6 +104,9 @@ BREAKDOWN_METRICS = (*RECALL_BY_TYPE, *FPR_BY_TYPE, FPR_LIDC)
 SOURCE_CTGAN = "ctgan"
 SOURCE_LIDC = "lidc"
 LABEL_NOISE = "label_noise"  # share of ±radius-labelled fakes not truly tampered (phantom only)
+# AUC of the phantom's truth itself against the ±radius labels: the most any detector can reach
+# on that split, since a labelled-fake slice the tamper never touched looks like a real one.
+AUC_CEILING = "auc_ceiling"
 # Series-level metrics of a split grouped by scan (same verdict rule as `medfake scan`).
 SCAN_METRICS = ("scan_auc", "scan_detection_rate", "scan_false_alarm_rate", "scan_z_iou")
 SCAN_GROUPED_SPLITS = ("by_scan", "by_experiment")  # data.split values that keep a scan in one split

@@ -63,6 +63,7 @@ class SplitEvaluation:
     true_values: dict[str, float] | None = None   # the same vs truly_tampered; None without truth
     true_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     label_noise: float | None = None              # share of label-1 slices not truly tampered
+    auc_ceiling: float | None = None              # AUC of the truth vs the labels: no detector beats it
     breakdown: dict[str, float] = field(default_factory=dict)             # recall_fm … fpr_lidc
     breakdown_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     true_breakdown: dict[str, float] = field(default_factory=dict)
@@ -87,6 +88,8 @@ class SplitEvaluation:
             out |= _ci_keys({contract.true_key(s, k): ci for k, ci in (self.true_ci | self.true_breakdown_ci).items()})
         if self.label_noise is not None:
             out[contract.metric_key(s, contract.LABEL_NOISE)] = self.label_noise
+        if self.auc_ceiling is not None:
+            out[contract.metric_key(s, contract.AUC_CEILING)] = self.auc_ceiling
         return {k: float(v) for k, v in out.items() if np.isfinite(v)}
 
 
@@ -113,6 +116,17 @@ def truth_labels(rows: pd.DataFrame) -> np.ndarray | None:
     if not known.any() or not (known | lidc).all():
         return None
     return (text == "1").to_numpy(np.int64)
+
+
+def auc_ceiling(labels: np.ndarray, truth: np.ndarray) -> float | None:
+    """The AUC a detector reaches against the ±radius labels by scoring exactly the truth (1 on every
+    truly tampered slice, 0 elsewhere); None without both labels. Pixels cannot tell a labelled slice
+    the tamper never touched from a real one, so ties between them are the best any detector can do:
+    the ceiling is 1 − noise/2 when no real-labelled slice is tampered (e.g. 0.884 for noise 0.232)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels, truth = np.asarray(labels), np.asarray(truth, np.float64)
+    return float(roc_auc_score(labels, truth)) if len(set(labels.tolist())) == 2 else None
 
 
 def label_noise(labels: np.ndarray, truth: np.ndarray) -> float | None:
@@ -196,6 +210,7 @@ def evaluate_split(split: str, rows: pd.DataFrame, scores, settings: EvalSetting
         result.true_values = mt.binary_metrics(truth, scores, t)
         result.true_ci = interval(truth)
         result.label_noise = label_noise(y, truth)
+        result.auc_ceiling = auc_ceiling(y, truth)
         result.true_breakdown, result.true_breakdown_ci = breakdown(rows, truth, scores, settings, with_ci)
     return result
 
@@ -304,6 +319,9 @@ def summary_lines(evaluations: Mapping[str, SplitEvaluation], ci_level: float,
         lines.append(f"  {name:<12} {value:.4f}  [{low:.4f}, {high:.4f}]")
     if ev.label_noise is not None:
         lines.append(f"  label noise  {ev.label_noise:.4f} of the ±radius fakes are not truly tampered")
+    if ev.auc_ceiling is not None:
+        lines.append(f"  AUC ceiling  {ev.auc_ceiling:.4f} scoring exactly the truth against the ±radius labels "
+                     "(no detector can beat it on these slices)")
     if scans:
         lines.append("  whole scans  " + " · ".join(f"{k.removeprefix(split + '_')} {v:.4f}" for k, v in scans.items()))
     return lines

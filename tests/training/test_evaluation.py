@@ -36,6 +36,8 @@ def test_truth_metrics_differ_from_label_metrics_by_hand():
     assert keys["test_recall"] == pytest.approx(2 / 4) and keys["test_recall_true"] == pytest.approx(2 / 3)
     assert keys["test_specificity_true"] == pytest.approx(4 / 5)
     assert keys["test_label_noise"] == pytest.approx(1 / 4)
+    # scoring the truth exactly: 12 of 16 pairs right and the untampered fake ties the 4 reals
+    assert keys["test_auc_ceiling"] == pytest.approx(14 / 16) == 1 - keys["test_label_noise"] / 2
     for name in (*contract.METRICS, "loss"):
         assert contract.true_key("test", name) in keys
 
@@ -86,6 +88,7 @@ def test_real_data_has_no_truth_keys_and_empty_truth_column():
     keys = result.metrics()
     assert not result.has_truth and result.label_noise is None
     assert not [k for k in keys if contract.TRUE_SUFFIX in k] and "test_label_noise" not in keys
+    assert "test_auc_ceiling" not in keys and result.auc_ceiling is None
     assert "test_recall_fm" in keys and "test_auc" in keys
     assert tuple(result.predictions.columns) == contract.PREDICTION_COLUMNS
     assert set(result.predictions["truly_tampered"]) == {""}
@@ -122,3 +125,22 @@ def test_log_split_logs_keys_and_writes_predictions(tmp_path, tracking_store):
                           keep_default_na=False)
     assert tuple(written.columns) == contract.PREDICTION_COLUMNS and len(written) == len(rows)
     assert (tmp_path / "art" / "plots" / "roc.png").is_file()
+
+
+def test_auc_ceiling_of_the_study_rule_when_the_tamper_is_shorter_than_its_labels():
+    # one FM label at slice 40: the study's ±5 rule labels 35…45 fake (11 slices), the tamper
+    # really spans 37…43 (7); 11 untampered slices of the same scan are the real ones
+    fakes = list(range(35, 46))
+    rows = pd.DataFrame({
+        "scan_id": "a", "source": "ctgan", "slice": fakes + list(range(60, 71)),
+        "label": [1] * 11 + [0] * 11, "label_type": ["FM"] * 11 + ["matched"] * 11,
+        "truly_tampered": ["1" if 37 <= z <= 43 else "0" for z in fakes] + ["0"] * 11, "split": "test",
+    })
+    truth = rows["truly_tampered"].astype(int).to_numpy()
+    ceiling = 1 - (4 / 11) / 2
+    assert ev.auc_ceiling(rows["label"].to_numpy(), truth) == pytest.approx(ceiling)
+    # the perfect detector of the tamper reaches exactly the ceiling, not 1.0
+    perfect = ev.evaluate_split("test", rows, truth * 0.9 + 0.05, SETTINGS, with_ci=False).metrics()
+    assert perfect["test_auc"] == pytest.approx(ceiling) == perfect["test_auc_ceiling"]
+    assert perfect["test_auc_true"] == pytest.approx(1.0)
+    assert ev.auc_ceiling(np.ones(3), np.ones(3)) is None
