@@ -5,10 +5,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast quickstart bench clean mutation server ui-check
 
+# uv (from PyPI into the venv) installs in parallel: ~20 s instead of pip's ~2.5 min on this
+# project's machine with warm caches (README); pip stays the fallback.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q uv && $(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]' \
+		|| $(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
