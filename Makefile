@@ -35,6 +35,7 @@ MUTANTS ?= 'medfake.training.metrics.*' 'medfake.training.verdict.*' \
 	'medfake.study.statistics.x_aggregate__*' \
 	'medfake.registry.promote.x_compare__*' 'medfake.registry.promote.x_metric_direction__*' \
 	'medfake.registry.promote.x_setup_digest__*' 'medfake.registry.promote.x_group_candidates__*' \
+	'medfake.registry.promote.x_default_floor__*' 'medfake.registry.promote.x_above_floor__*' \
 	'medfake.registry.promote.x*Group*'
 MUTATION_JOBS ?= 2
 

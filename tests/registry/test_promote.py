@@ -248,12 +248,3 @@ def test_a_detector_no_better_than_chance_never_becomes_champion(box, capsys):
     assert main(["promote", "--experiment", box.experiment, "--name", box.name, "--min-score", "high"]) == 2
     assert "--min-score must be a number or 'none'" in capsys.readouterr().err
 
-
-def test_the_default_floor_is_chance_for_the_six_metrics_and_h_only():
-    for metric in ("val_h", "val_auc", "test_accuracy", "val_precision", "val_recall", "val_specificity", "val_f1"):
-        assert pm.default_floor(metric) == 0.5, metric
-    for metric in ("val_loss", "latency_ms_mean", "params_m", "test_auc_true_ci_low"):
-        assert pm.default_floor(metric) is None, metric
-    assert pm.above_floor(0.9, None, 1, "val_h") == (True, "")
-    assert not pm.above_floor(float("nan"), 0.5, 1, "val_h")[0]
-    assert pm.above_floor(0.2, 0.3, -1, "val_loss")[0] and not pm.above_floor(0.3, 0.3, -1, "val_loss")[0]

@@ -1,5 +1,6 @@
 """Promote's rule pinned: ``champion`` moves only when the challenger's group mean beats the
-champion's by at least ``--min-delta`` on the same data digest (medfake/registry/promote.py)."""
+champion's by at least ``--min-delta`` on the same data digest, and only above the floor: chance
+(0.5) for H and the six metrics (medfake/registry/promote.py)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,24 @@ def test_the_seed_is_not_part_of_the_setup():
     assert len(pm.setup_digest(base)) == 12
     # The same params read back from the store in another order are the same setup.
     assert pm.setup_digest(dict(reversed(list(base.items())))) == pm.setup_digest(base)
+
+
+def test_the_default_floor_is_chance_for_the_six_metrics_and_h_only():
+    for metric in ("val_h", "val_auc", "test_accuracy", "val_precision", "val_recall", "val_specificity", "val_f1"):
+        assert pm.default_floor(metric) == 0.5, metric
+    for metric in ("val_loss", "latency_ms_mean", "params_m", "test_auc_true_ci_low", "val_height"):
+        assert pm.default_floor(metric) is None, metric
+
+
+def test_a_group_mean_must_be_strictly_above_the_floor():
+    assert pm.above_floor(0.9, None, 1, "val_h") == (True, "")
+    assert pm.above_floor(0.5001, 0.5, 1, "val_h") == (True, "")
+    ok, why = pm.above_floor(0.5, 0.5, 1, "val_h")
+    assert not ok and why == ("val_h 0.5000 is not above the floor 0.5 (chance) set by --min-score: "
+                              "a detector no better than that does not become champion")
+    assert not pm.above_floor(float("nan"), 0.5, 1, "val_h")[0]
+    ok, why = pm.above_floor(0.7, 0.8, 1, "val_auc")
+    assert not ok and why.startswith("val_auc 0.7000 is not above the floor 0.8 set by")
+    assert pm.above_floor(0.2, 0.3, -1, "val_loss") == (True, "")
+    ok, why = pm.above_floor(0.3, 0.3, -1, "val_loss")
+    assert not ok and why.startswith("val_loss 0.3000 is not below the floor 0.3 set by")
