@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from medfake.registry import promote as pm
+from medfake.registry.promote_output import format_decision
 from medfake.core.errors import UserError
 
 DIGEST = "data-aaaa"
@@ -111,7 +112,7 @@ def test_first_champion_is_the_best_group_mean_and_its_best_run(box):
     assert version.tags["medfake.model"] == "ModelB"
     assert float(version.tags["val_h"]) == pytest.approx(0.85)
     assert box.alias(pm.CHAMPION) == box.alias(pm.CHALLENGER) == str(version.version)
-    text = pm.format_decision(decision, box.name)
+    text = format_decision(decision, box.name)
     assert "0.8250 ± 0.1768" in text and "is the one registered" in text
 
 
@@ -146,7 +147,7 @@ def test_not_better_by_min_delta_leaves_champion_and_says_why(box):
     assert box.alias(pm.CHAMPION) == first.version
     assert box.alias(pm.CHALLENGER) == decision.version != first.version
     assert "by only 0.0100 < min-delta 0.05" in decision.reason
-    assert "champion stays on version" in pm.format_decision(decision, box.name)
+    assert "champion stays on version" in format_decision(decision, box.name)
 
 
 def test_dry_run_changes_nothing(box):
@@ -157,7 +158,7 @@ def test_dry_run_changes_nothing(box):
     assert decision.moved and decision.registered_new and decision.version is None
     assert len(box.versions()) == 1
     assert box.alias(pm.CHAMPION) == box.alias(pm.CHALLENGER) == first.version
-    assert "[dry run] would move alias champion" in pm.format_decision(decision, box.name)
+    assert "[dry run] would move alias champion" in format_decision(decision, box.name)
 
 
 def test_another_data_digest_is_not_comparable(box):
