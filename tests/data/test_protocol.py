@@ -244,3 +244,28 @@ def test_a_label_for_a_scan_that_is_not_there_names_its_csv_row(tmp_path, small_
     with pytest.raises(UserError, match=r"row \d+.*4242|4242.*row \d+") as raised:
         _select(_config(ctgan, small_lidc), ctgan, small_lidc)
     assert len(str(raised.value).splitlines()) == 1
+
+
+def test_lidc_random_negatives_draw_every_slice_once_without_reusing_any():
+    # the study's negatives: LIDC slices drawn uniformly over all series, none twice, none already used
+    from medfake.core.errors import UserError
+
+    _lidc_random = dataset_rules._lidc_random
+    series = {"b": [None] * 5, "a": [None] * 3, "c": [None] * 1}   # 9 slices; sorted keys a, b, c
+    every = {(key, position) for key, items in series.items() for position in range(len(items))}
+    used: set = set()
+    drawn = _lidc_random(series, 9, np.random.default_rng(0), used)
+    assert sorted((c.series_key, c.position) for c in drawn) == sorted(every)  # series boundaries exact
+    assert used == every
+    assert {c.provenance for c in drawn} == {"random LIDC slice"} and {c.label for c in drawn} == {0}
+    assert all(c.slice == c.position and c.relative_z == c.position / max(len(series[c.series_key]) - 1, 1)
+               for c in drawn)
+    # slices already taken are skipped, and exactly as many as remain can still be drawn
+    used = {("a", 0), ("b", 4)}
+    drawn = _lidc_random(series, 7, np.random.default_rng(1), used)
+    assert {(c.series_key, c.position) for c in drawn} == every - {("a", 0), ("b", 4)}
+    with pytest.raises(UserError, match=r"^LIDC root has 9 slices, fewer than the 8 negatives needed$"):
+        _lidc_random(series, 8, np.random.default_rng(1), {("a", 0), ("b", 4)})
+    again = _lidc_random(series, 4, np.random.default_rng(5), set())
+    assert [(c.series_key, c.position) for c in again] == [
+        (c.series_key, c.position) for c in _lidc_random(series, 4, np.random.default_rng(5), set())]
