@@ -30,7 +30,9 @@ test-fast: $(STAMP)
 # reports/benchmarks/mutation.md. Narrow it with e.g. MUTANTS='medfake.training.verdict.*'.
 MUTANTS ?= 'medfake.training.metrics.*' 'medfake.training.verdict.*' \
 	'medfake.data.build.x__ctgan_candidates__*' 'medfake.data.build.x_select_slices__*' \
-	'medfake.data.build.x__lidc_random__*' 'medfake.data.splits.*' \
+	'medfake.data.build.x__lidc_random__*' 'medfake.data.build.x__lidc_matched_z__*' \
+	'medfake.data.build.x__without_shared_patients__*' 'medfake.data.build.x__scan_problems__*' \
+	'medfake.data.splits.*' \
 	'medfake.study.ranking.x_rank_models__*' 'medfake.study.select.x_repeat_jobs__*' \
 	'medfake.study.statistics.x_aggregate__*' \
 	'medfake.registry.promote.x_compare__*' 'medfake.registry.promote.x_metric_direction__*' \

@@ -12,66 +12,25 @@ public function the preprocess step uses.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medfake.core.config import load_config
-
-try:  # the dataset rules are moving from the preprocess step into their own modules
-    from medfake.data import build as dataset_rules
-    from medfake.data.splits import assign_splits as _assign_splits
-except ImportError:
-    from medfake.data import preprocess as dataset_rules
-
-    _assign_splits = None
-
-from dicom_factory import write_series
+from medfake.data import build as dataset_rules
+from medfake.data.splits import assign_splits as _assign_splits
+from protocol_trees import config as _config
+from protocol_trees import ctgan_tree as _ctgan_tree
+from protocol_trees import lidc_tree as _lidc_tree
 
 STUDY_RADIUS = 5
 STUDY_LABELS = 113
 STUDY_FAKES = 1243
 STUDY_IMAGES = 2486
 STUDY_TEST_SLICES = 373
-SIZE = 8  # pixels: the rules never look at them
-
-
-def _ctgan_tree(root: Path, scans: dict[str, int], labels: list[tuple[str, str, int]]) -> Path:
-    """CT-GAN layout: CT_Scans/EXP1_blind/<uuid>/<n>.dcm and labels_exp1.csv (type,uuid,slice,x,y).
-
-    Scans of equal length are copies of one written series (each scan is opened on its own).
-    """
-    templates: dict[int, Path] = {}
-    for uuid, length in scans.items():
-        folder = root / "CT_Scans" / "EXP1_blind" / uuid
-        if length not in templates:
-            write_series(folder, np.zeros((length, SIZE, SIZE), np.int16))
-            templates[length] = folder
-        else:
-            shutil.copytree(templates[length], folder)
-    rows = ["type,uuid,slice,x,y"] + [f"{kind},{uuid},{s},4,4" for kind, uuid, s in labels]
-    (root / "labels_exp1.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
-def _lidc_tree(root: Path, series: int, slices: int) -> Path:
-    for k in range(series):
-        write_series(root / f"LIDC-IDRI-{k:04d}" / "study" / "series", np.zeros((slices, SIZE, SIZE), np.int16))
-    return root
-
-
-def _config(ctgan: Path, lidc: Path, *extra: str):
-    return load_config("paper", [
-        "data.source=real", f"data.ctgan_root={ctgan}", f"data.lidc_root={lidc}", "data.image_size=32", *extra,
-    ])
 
 
 def _split(candidates, how: str, fractions, seed: int) -> np.ndarray:
-    """Split names per candidate, through whichever split function this checkout has."""
-    if _assign_splits is None:
-        return dataset_rules.assign_splits(candidates, how, fractions, seed)
     labels = np.array([c.label for c in candidates])
     groups = np.array([c.group for c in candidates])
     return _assign_splits(labels, groups, how, fractions, seed)
