@@ -157,26 +157,18 @@ def load_dataset(cfg_or_dir: Config | Path, digest: str | None = None) -> Datase
 def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, progress: bool):
     from tqdm import tqdm
 
-    labels = ctgan.read_labels(inputs.ctgan_root)
-    scans = ctgan.find_scans(inputs.ctgan_root)
+    labels = ctgan.read_labels(inputs.ctgan_root)  # every label's uuid names a scan folder (its own check)
     truth = _phantom_truth(inputs.truth_dir)
     half_sizes = _tamper_half_sizes(inputs.truth_dir)
     radius = cfg.data.slice_radius
     series_by_key, fakes, negatives = {}, {}, {}
     keys = sorted({(e, u) for e, u in zip(labels["experiment"], labels["uuid"])})
     for exp, uuid in tqdm(keys, desc="CT-GAN scans (headers)", unit="scan", disable=not progress):
-        if (exp, uuid) not in scans:
-            row = labels[(labels["experiment"] == exp) & (labels["uuid"] == uuid)]["csv_row"].iloc[0]
-            raise UserError(f"labels for {exp} row {row}: no scan folder for uuid '{uuid}'")
         series = ctgan.open_scan(inputs.ctgan_root, exp, uuid)
         scan_id = deidentify("ctgan", uuid)
         key = f"ctgan/{exp}/{uuid}"
         series_by_key[key] = series
-        warning = ctgan.check_file_order(series)
-        if warning:
-            inputs.problems.append(f"scan {scan_id}: {_scrub(warning, exp, uuid)}")
-        inputs.problems += [f"scan {scan_id}: {_scrub(p, exp, uuid)}" for p in series.problems]
-        inputs.problems += [f"scan {scan_id}: skipped {name}: {_scrub(r, exp, uuid)}" for name, r in series.skipped]
+        inputs.problems += [f"scan {scan_id}: {_scrub(p, exp, uuid)}" for p in _scan_problems(series)]
         rows = labels[(labels["experiment"] == exp) & (labels["uuid"] == uuid)]
         ctgan.validate_label_slices(rows, series)
         n = len(series)
@@ -206,6 +198,14 @@ def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, pro
     # A slice inside a tampered window is never a negative.
     negatives = {k: v for k, v in negatives.items() if k not in fakes}
     return series_by_key, list(fakes.values()), list(negatives.values())
+
+
+def _scan_problems(series) -> list[str]:
+    """What reading a CT-GAN scan noticed, each once (a mixed file order is already among the
+    series' own problems; check_file_order adds the cases where label slices can't be trusted)."""
+    warning = ctgan.check_file_order(series)
+    lines = [warning] if warning and warning not in series.problems else []
+    return lines + list(series.problems) + [f"skipped {name}: {reason}" for name, reason in series.skipped]
 
 
 def _scrub(text: str, *names: str) -> str:
