@@ -138,7 +138,7 @@ def _load_average() -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from medfake.bench.latency import _versions
+    from medfake.bench.latency_report import software_versions
     from medfake.inference.loading import load_scorer
     from medfake.inference.scan import scan
 
@@ -187,7 +187,7 @@ def run_bench(args: argparse.Namespace) -> int:
         f"- Command: `{command.strip()}`",
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {cpu_description()}; 1-minute load average {load_before} before, {load_after} after",
-        f"- Software: {_versions()}, Python {platform.python_version()}",
+        f"- Software: {software_versions()}, Python {platform.python_version()}",
         f"- Data: **synthetic CT phantom** series (not a real scan): {n} slices of {args.size}² (`{folder}`)",
         f"- Detector: {model_label}; input {size}²; runtime chosen by scan: **{scorer.name}**"
         + "".join(f" ({text})" for text in notes),

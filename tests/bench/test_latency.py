@@ -12,13 +12,8 @@ import pytest
 from medfake import cli
 from medfake.core.errors import UserError
 from medfake.core.device import interleaved_step_times_ms, measure_latency
-from medfake.bench.latency import (
-    LatencyRow,
-    RowSpec,
-    parse_rows,
-    random_ct_batch,
-    render_markdown,
-)
+from medfake.bench.latency import RowSpec, parse_rows, random_ct_batch
+from medfake.bench.latency_report import LatencyRow, render_markdown
 
 PACKAGE = Path(__file__).resolve().parents[2] / "medfake"
 
@@ -140,7 +135,7 @@ def test_bench_cli_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "module", ["models/detector.py", "bench/latency.py", "models/runtime.py", "models/weights.py", "bench/__init__.py",
+    "module", ["models/detector.py", "bench/latency.py", "bench/latency_report.py", "models/runtime.py", "models/weights.py", "bench/__init__.py",
                "models/backbones.py", "core/device.py"]
 )
 def test_no_tensorflow_or_mlflow_import_at_module_level(module):
