@@ -2,21 +2,26 @@
 
 Only the tags of :data:`HEADER_TAGS` are kept (raw bytes, converted only when used); where the
 PixelData (7FE0,0010) element starts and how long it is are checked, so missing and truncated
-pixel data are found without decoding anything. Errors are short reasons that name tags, never
-patient data.
+pixel data are found without decoding anything. Where the stored values can be read straight
+from the file (see :class:`NativePixels`), the header says so. Errors are short reasons that
+name tags, never patient data.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable
+from pathlib import Path, PurePath
 
 from medfake.core.errors import DICOMError
+from medfake.io.elements import (  # noqa: F401 - scan_header and RawHeader: importable from here, as before
+    EXPLICIT_BIG, EXPLICIT_LITTLE, FLOAT_PIXEL_DATA, FLOAT_PIXELS, IMPLICIT_LITTLE, LONG_LENGTH_VRS, NO_PIXEL_DATA,
+    PIXEL_DATA, UNDEFINED_LENGTH, RawHeader, scan_header,
+)
 
 
 # Tags the header pass keeps (keyword → tag); everything else is skipped without being converted.
@@ -27,22 +32,37 @@ HEADER_TAGS: dict[str, int] = {
     "ImagePositionPatient": 0x00200032,
     "ImageOrientationPatient": 0x00200037,
     "SamplesPerPixel": 0x00280002,
+    "PhotometricInterpretation": 0x00280004,
     "NumberOfFrames": 0x00280008,
     "Rows": 0x00280010,
     "Columns": 0x00280011,
     "PixelSpacing": 0x00280030,
     "BitsAllocated": 0x00280100,
+    "BitsStored": 0x00280101,
+    "PixelRepresentation": 0x00280103,
     "RescaleIntercept": 0x00281052,
     "RescaleSlope": 0x00281053,
 }
-_PIXEL_DATA_TAG = (0x7FE0, 0x0010)
-_FLOAT_PIXEL_TAGS = ((0x7FE0, 0x0008), (0x7FE0, 0x0009))
-_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_IMPLICIT_LITTLE = "1.2.840.10008.1.2"
-_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
-_EXPLICIT_BIG = "1.2.840.10008.1.2.2"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_UNDEFINED_LENGTH = 0xFFFFFFFF
+# (0028,0004) PhotometricInterpretation and (0028,0008) NumberOfFrames values of one greyscale
+# frame, raw (CS/IS padded to even length) or as pydicom converts them.
+_MONOCHROME = frozenset({b"MONOCHROME1 ", b"MONOCHROME2 ", "MONOCHROME1", "MONOCHROME2"})
+_ONE_FRAME = frozenset({None, b"1 ", "1", 1})
+# Native (uncompressed) little-endian syntaxes: PixelData is the stored values as they are.
+NATIVE_LITTLE_ENDIAN = frozenset({IMPLICIT_LITTLE, EXPLICIT_LITTLE})
+
+
+@dataclass(frozen=True)
+class NativePixels:
+    """Where a file's stored values lie and how to read them without a decoder.
+
+    Set only when numpy reading these bytes gives exactly what pydicom's ``pixel_array`` gives:
+    a native little-endian syntax, one greyscale frame, PixelData the last element and exactly
+    Rows × Columns × BitsAllocated (0028,0100) bits long (plus the even-length pad byte).
+    """
+
+    offset: int  # file position of the PixelData (7FE0,0010) value
+    dtype: str  # "<u2", "<i2"…: PixelRepresentation (0028,0103) 0 unsigned, 1 two's complement
+    unused_bits: int  # BitsAllocated − BitsStored (0028,0101): pydicom shifts them out (sign-extends)
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,7 @@ class SliceHeader:
     intercept: float
     has_rescale: bool
     transfer_syntax: str
+    pixels: NativePixels | None = None  # None: pydicom decodes (compressed or unusual files)
 
     @property
     def file_number(self) -> int | None:
@@ -70,7 +91,7 @@ class SliceHeader:
 
 def file_number(path: str | os.PathLike) -> int | None:
     """The integer a file's stem spells (``"17.dcm"`` → 17), else None."""
-    stem = Path(path).stem
+    stem = path.stem if isinstance(path, PurePath) else Path(path).stem
     return int(stem) if stem.isdigit() else None
 
 
@@ -124,149 +145,6 @@ def _unsigned_short(value, little_endian: bool) -> int | None:
     return int(value)
 
 
-@dataclass
-class RawHeader:
-    """Undecoded values of the wanted tags, the encoding, and where PixelData lies."""
-
-    values: dict[int, object]  # tag → raw bytes (or a pydicom-converted value)
-    transfer_syntax: str
-    implicit_vr: bool
-    little_endian: bool
-    pixel_length: int | None = None  # declared length; None when encapsulated (undefined length)
-    pixel_bytes_left: int | None = None  # bytes in the file after the PixelData element header
-    pixel_problem: str | None = None  # why there is no usable PixelData element
-
-
-class _ChunkReader:
-    """Random-ish access to the start of a file in 16 KiB chunks; seeks over large values."""
-
-    CHUNK = 16384
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.base = 0
-        self.data = b""
-
-    def get(self, position: int, count: int) -> bytes:
-        end = position + count
-        if position >= self.base + len(self.data) + self.CHUNK:
-            self.handle.seek(position)
-            self.base, self.data = position, b""
-        while self.base + len(self.data) < end:
-            more = self.handle.read(max(self.CHUNK, end - self.base - len(self.data)))
-            if not more:
-                break
-            self.data += more
-        return self.data[position - self.base : end - self.base]
-
-
-def _element_header(reader: _ChunkReader, position: int, implicit: bool):
-    """(group, element, VR bytes or None, value length, header size) of the element at ``position``;
-    None at the end of the file; ValueError when the bytes are not a plausible element."""
-    head = reader.get(position, 12)
-    if not head:
-        return None
-    if len(head) < 8:
-        raise ValueError("element header cut short")
-    group, element = struct.unpack_from("<HH", head)
-    if implicit or group == 0xFFFE:
-        return group, element, None, struct.unpack_from("<I", head, 4)[0], 8
-    vr = head[4:6]
-    if not (vr.isalpha() and vr.isupper()):
-        raise ValueError("invalid VR")
-    if vr in _LONG_LENGTH_VRS:
-        if len(head) < 12:
-            raise ValueError("element header cut short")
-        return group, element, vr, struct.unpack_from("<I", head, 8)[0], 12
-    return group, element, vr, struct.unpack_from("<H", head, 6)[0], 8
-
-
-def _skip_sequence(reader: _ChunkReader, position: int, implicit: bool, depth: int = 0) -> int:
-    """Position after an undefined-length sequence whose first item starts at ``position``."""
-    if depth > 16:
-        raise ValueError("sequences nested too deep")
-    while True:
-        head = reader.get(position, 8)
-        if len(head) < 8:
-            raise ValueError("sequence cut short")
-        group, element, length = struct.unpack_from("<HHI", head)
-        if (group, element) == (0xFFFE, 0xE0DD):  # sequence delimitation item
-            return position + 8
-        if (group, element) != (0xFFFE, 0xE000):
-            raise ValueError("item expected in sequence")
-        position += 8
-        if length != _UNDEFINED_LENGTH:
-            position += length
-            continue
-        while True:  # an undefined-length item: its elements up to the item delimitation item
-            found = _element_header(reader, position, implicit)
-            if found is None:
-                raise ValueError("item cut short")
-            group, element, vr, length, size = found
-            position += size
-            if (group, element) == (0xFFFE, 0xE00D):
-                break
-            if length == _UNDEFINED_LENGTH:
-                position = _skip_sequence(reader, position, implicit or vr == b"UN", depth + 1)
-            else:
-                position += length
-
-
-def scan_header(handle, file_size: int, wanted: Iterable[int], stop_after: int | None = None) -> RawHeader | None:
-    """Walk a Part-10 file's elements up to PixelData with ``struct``, keeping the raw bytes of
-    ``wanted`` tags — several times faster than a full parse. With ``stop_after`` the walk ends
-    after that tag (no PixelData check).
-
-    Returns None for anything it does not handle (no preamble, big endian, deflated, odd
-    bytes): callers then fall back to pydicom, which also gives the precise error.
-    """
-    wanted = frozenset(wanted)
-    reader = _ChunkReader(handle)
-    try:
-        if reader.get(128, 4) != b"DICM":
-            return None
-        position, transfer_syntax = 132, ""
-        while reader.get(position, 2) == b"\x02\x00":  # File Meta (group 0002): explicit VR little endian
-            group, element, vr, length, size = _element_header(reader, position, implicit=False)
-            if element == 0x0010:
-                transfer_syntax = reader.get(position + size, length).decode("ascii", "replace").strip(" \x00")
-            position += size + length
-        if not transfer_syntax.startswith(_IMPLICIT_LITTLE) or transfer_syntax in (_EXPLICIT_BIG, _DEFLATED):
-            return None
-        implicit = transfer_syntax == _IMPLICIT_LITTLE
-        header = RawHeader({}, transfer_syntax, implicit, True)
-        while True:
-            found = _element_header(reader, position, implicit)
-            if found is None:
-                header.pixel_problem = "no PixelData (7FE0,0010): missing, or the file is truncated"
-                return header
-            group, element, vr, length, size = found
-            tag = (group << 16) | element
-            if stop_after is not None and tag > stop_after:
-                return header
-            if (group, element) == _PIXEL_DATA_TAG:
-                header.pixel_length = None if length == _UNDEFINED_LENGTH else length
-                header.pixel_bytes_left = file_size - position - size
-                return header
-            if (group, element) in _FLOAT_PIXEL_TAGS:
-                header.pixel_problem = "float pixel data (7FE0,0008/0009) is not a CT image"
-                return header
-            position += size
-            if length == _UNDEFINED_LENGTH:
-                position = _skip_sequence(reader, position, implicit or vr == b"UN")
-                continue
-            if tag in wanted:
-                value = reader.get(position, length)
-                if len(value) < length:
-                    return None
-                header.values[tag] = value
-            position += length
-            if position > file_size:
-                return None
-    except (ValueError, struct.error):
-        return None
-
-
 def _looks_like_headerless_dicom(path: Path) -> bool:
     """DICOM written without preamble: starts with a group 0008 or 0002 element (little endian)."""
     with open(path, "rb") as handle:
@@ -297,7 +175,7 @@ def _pydicom_header(path: Path, handle, file_size: int) -> RawHeader:
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
     if not transfer_syntax:
-        transfer_syntax = _IMPLICIT_LITTLE if implicit else (_EXPLICIT_LITTLE if little else _EXPLICIT_BIG)
+        transfer_syntax = IMPLICIT_LITTLE if implicit else (EXPLICIT_LITTLE if little else EXPLICIT_BIG)
     values = {}
     for tag in tags:
         element = dataset.get_item(tag)  # the raw element: no value conversion (the fast part)
@@ -308,23 +186,21 @@ def _pydicom_header(path: Path, handle, file_size: int) -> RawHeader:
     head = handle.read(12)
     order = "<" if little else ">"
     if len(head) < 8:
-        header.pixel_problem = "no PixelData (7FE0,0010): missing, or the file is truncated"
+        header.pixel_problem = NO_PIXEL_DATA
         return header
     group, element = struct.unpack(order + "HH", head[:4])
-    if (group, element) != _PIXEL_DATA_TAG:
-        header.pixel_problem = (
-            "float pixel data (7FE0,0008/0009) is not a CT image"
-            if (group, element) in _FLOAT_PIXEL_TAGS
-            else "no PixelData (7FE0,0010): missing, or the file is truncated"
-        )
+    tag = (group << 16) | element
+    if tag != PIXEL_DATA:
+        header.pixel_problem = FLOAT_PIXELS if tag in FLOAT_PIXEL_DATA else NO_PIXEL_DATA
         return header
     if implicit:
         length, size = struct.unpack(order + "I", head[4:8])[0], 8
-    elif head[4:6] in _LONG_LENGTH_VRS and len(head) == 12:
+    elif head[4:6] in LONG_LENGTH_VRS and len(head) == 12:
         length, size = struct.unpack(order + "I", head[8:12])[0], 12
     else:
         length, size = struct.unpack(order + "H", head[6:8])[0], 8
-    header.pixel_length = None if length == _UNDEFINED_LENGTH else length
+    header.pixel_length = None if length == UNDEFINED_LENGTH else length
+    header.pixel_offset = start + size
     header.pixel_bytes_left = file_size - start - size
     return header
 
@@ -334,10 +210,10 @@ def read_raw_header(path: str | os.PathLike) -> RawHeader:
 
     Raises DICOMError with a short reason for non-DICOM or unreadable files.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     try:
-        file_size = path.stat().st_size
         with open(path, "rb") as handle:
+            file_size = os.fstat(handle.fileno()).st_size
             header = scan_header(handle, file_size, HEADER_TAGS.values())
             if header is None:
                 header = _pydicom_header(path, handle, file_size)
@@ -353,12 +229,62 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
 
     Raises DICOMError with a short reason (used as the ``skipped`` reason by series readers).
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     header = read_raw_header(path)
     if header.pixel_problem:
         raise DICOMError(header.pixel_problem)
-    raw = {keyword: header.values.get(tag) for keyword, tag in HEADER_TAGS.items()}
-    little = header.little_endian
+    values = header.values
+    key = (header.transfer_syntax, header.little_endian, header.pixel_length, header.pixel_bytes_left,
+           header.pixel_offset is not None, *[values.get(tag) for tag in _SHARED_TAGS])
+    try:
+        shared = _shared_fields(key)
+    except TypeError:  # pydicom-converted multi-values are unhashable: parsed without the cache
+        shared = _shared_fields.__wrapped__(key)
+    instance = _text_number(values.get(_INSTANCE_NUMBER))
+    return SliceHeader(
+        path=path,
+        series_uid=shared.series_uid,
+        modality=shared.modality,
+        rows=shared.rows,
+        columns=shared.columns,
+        pixel_spacing=shared.pixel_spacing,
+        position=_text_numbers(values.get(_IMAGE_POSITION), 3),
+        orientation=shared.orientation,
+        instance_number=int(instance) if instance is not None else None,
+        slope=shared.slope,
+        intercept=shared.intercept,
+        has_rescale=shared.has_rescale,
+        transfer_syntax=header.transfer_syntax,
+        pixels=NativePixels(header.pixel_offset, *shared.native) if shared.native else None,
+    )
+
+
+# ImagePositionPatient (0020,0032) and InstanceNumber (0020,0013) differ from slice to slice; the
+# other tags are mostly the same bytes throughout a series, so they are checked and parsed once.
+_IMAGE_POSITION, _INSTANCE_NUMBER = HEADER_TAGS["ImagePositionPatient"], HEADER_TAGS["InstanceNumber"]
+_SHARED_KEYWORDS = tuple(k for k, tag in HEADER_TAGS.items() if tag not in (_IMAGE_POSITION, _INSTANCE_NUMBER))
+_SHARED_TAGS = tuple(HEADER_TAGS[k] for k in _SHARED_KEYWORDS)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    series_uid: str
+    modality: str
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float] | None
+    orientation: tuple[float, ...] | None
+    slope: float
+    intercept: float
+    has_rescale: bool
+    native: tuple[str, int] | None  # NativePixels' dtype and unused bits (the offset is per file)
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_fields(key: tuple) -> _Shared:
+    """The checks and values of a header's tags other than position and instance number."""
+    transfer_syntax, little, length, remaining, has_offset, *values = key
+    raw = dict(zip(_SHARED_KEYWORDS, values))
     rows = _unsigned_short(raw["Rows"], little)
     columns = _unsigned_short(raw["Columns"], little)
     if not rows or not columns:
@@ -372,7 +298,6 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
     samples = _unsigned_short(raw["SamplesPerPixel"], little) or 1
     if samples != 1:
         raise DICOMError(f"SamplesPerPixel (0028,0002) is {samples}: not a greyscale CT slice")
-    length, remaining = header.pixel_length, header.pixel_bytes_left
     if length is not None:
         bits = _unsigned_short(raw["BitsAllocated"], little) or 16
         expected = (rows * columns * bits + 7) // 8
@@ -383,19 +308,50 @@ def read_header(path: str | os.PathLike) -> SliceHeader:
     elif remaining <= 0:
         raise DICOMError("PixelData (7FE0,0010) truncated: no data after the element header")
     slope, intercept = _text_number(raw["RescaleSlope"]), _text_number(raw["RescaleIntercept"])
-    instance = _text_number(raw["InstanceNumber"])
-    return SliceHeader(
-        path=path,
+    native = None
+    if transfer_syntax in NATIVE_LITTLE_ENDIAN and little and has_offset and length is not None:
+        native = _native_layout(raw, rows, columns, length, remaining)
+    return _Shared(
         series_uid=series_uid,
         modality=element_text(raw["Modality"]).upper(),
         rows=rows,
         columns=columns,
         pixel_spacing=_text_numbers(raw["PixelSpacing"], 2),
-        position=_text_numbers(raw["ImagePositionPatient"], 3),
         orientation=_text_numbers(raw["ImageOrientationPatient"], 6),
-        instance_number=int(instance) if instance is not None else None,
         slope=slope if slope is not None else 1.0,
         intercept=intercept if intercept is not None else 0.0,
         has_rescale=slope is not None and intercept is not None,
-        transfer_syntax=header.transfer_syntax,
+        native=native,
     )
+
+
+def _one_us(value) -> int | None:
+    """One US value exactly as pydicom reads it (two bytes, little endian), else None."""
+    if isinstance(value, bytes):
+        return struct.unpack("<H", value)[0] if len(value) == 2 else None
+    return value if isinstance(value, int) else None
+
+
+def _among(value, allowed: frozenset) -> bool:
+    try:
+        return value in allowed
+    except TypeError:  # a multi-valued element (unhashable): never one greyscale frame
+        return False
+
+
+def _native_layout(raw: dict, rows: int, columns: int, length: int, remaining: int) -> tuple[str, int] | None:
+    """(dtype, unused bits) of :class:`NativePixels` when reading the stored values with numpy
+    equals pydicom's ``pixel_array``; None for anything else, which pydicom then decodes."""
+    bits, stored = _one_us(raw["BitsAllocated"]), _one_us(raw["BitsStored"])
+    signed, samples = _one_us(raw["PixelRepresentation"]), _one_us(raw["SamplesPerPixel"])
+    if (_one_us(raw["Rows"]), _one_us(raw["Columns"])) != (rows, columns) or samples != 1:
+        return None
+    if bits not in (8, 16, 32) or stored is None or not 1 <= stored <= bits or signed not in (0, 1):
+        return None
+    if not (_among(raw["PhotometricInterpretation"], _MONOCHROME) and _among(raw["NumberOfFrames"], _ONE_FRAME)):
+        return None
+    expected = rows * columns * (bits // 8)
+    # exactly one frame, padded to even length (PS3.5 §8.1.1), and nothing after it in the file
+    if length not in (expected, expected + expected % 2) or remaining != length:
+        return None
+    return f"<{'ui'[signed]}{bits // 8}", bits - stored

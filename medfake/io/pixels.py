@@ -1,7 +1,10 @@
 """Pixel decoding of one DICOM file (stored values, no rescale) and which decoders are installed.
 
-A compressed transfer syntax (0002,0010) with no decoder installed is named in one line with the
-extra that provides one.
+Uncompressed little-endian files whose header pass found a plain single frame (a
+:class:`~medfake.io.header.NativePixels`) are read with numpy at the PixelData (7FE0,0010) offset:
+the same array as pydicom's ``pixel_array``, without parsing the file again. Everything else goes
+through pydicom. A compressed transfer syntax (0002,0010) with no decoder installed is named in
+one line with the extra that provides one.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medfake.core.errors import DICOMError
-from medfake.io.header import one_line
+from medfake.io.header import NativePixels, one_line
 
 CODECS_HINT = "pip install 'medfake[codecs]'"
 
@@ -23,6 +26,35 @@ def transfer_syntax_name(uid: str) -> str:
 
     name = UID(uid).name if uid else "unknown transfer syntax"
     return f"{name} ({uid})" if name != uid else uid
+
+
+def read_native(path: str | os.PathLike, pixels: NativePixels, rows: int, columns: int,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Stored values (rows, columns) read straight from the file, as pydicom's ``pixel_array``.
+
+    As pydicom does for native data, bits above BitsStored (0028,0101) are shifted out: cleared
+    for unsigned values, sign-extended for two's complement ones (PixelRepresentation (0028,0103) 1).
+    ``out`` (C-contiguous, ``pixels.dtype``, rows × columns values) is filled instead of a new array.
+    """
+    stored = np.empty((rows, columns), dtype=pixels.dtype) if out is None else out.reshape(rows, columns)
+    view = memoryview(stored).cast("B")
+    got = 0
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            handle.seek(pixels.offset)
+            while got < len(view):
+                count = handle.readinto(view[got:])
+                if not count:
+                    break
+                got += count
+    except OSError as exc:
+        raise DICOMError(f"{path}: cannot decode PixelData (7FE0,0010): {one_line(exc)}") from None
+    if got != len(view):  # the file shrank since its header was read
+        raise DICOMError(f"{path}: cannot decode PixelData (7FE0,0010): {got} of {len(view)} bytes in the file")
+    if pixels.unused_bits:
+        np.left_shift(stored, pixels.unused_bits, out=stored)
+        np.right_shift(stored, pixels.unused_bits, out=stored)
+    return stored
 
 
 def decode_stored(path: str | os.PathLike, transfer_syntax: str = "") -> np.ndarray:

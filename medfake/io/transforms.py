@@ -13,9 +13,17 @@ from typing import Sequence
 import numpy as np
 
 
-def to_hu(stored: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
-    """Hounsfield units (float32) from stored values: stored × RescaleSlope (0028,1053) + RescaleIntercept (0028,1052)."""
-    hu = np.asarray(stored, dtype=np.float32) * np.float32(slope)
+def to_hu(stored: np.ndarray, slope: float = 1.0, intercept: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+    """Hounsfield units (float32) from stored values: stored × RescaleSlope (0028,1053) + RescaleIntercept (0028,1052).
+
+    With ``out`` (float32, the shape of ``stored``) the same float32 operations run in place there.
+    """
+    if out is None:
+        hu = np.asarray(stored, dtype=np.float32) * np.float32(slope)
+    else:
+        out[...] = stored
+        out *= np.float32(slope)
+        hu = out
     hu += np.float32(intercept)
     return hu
 

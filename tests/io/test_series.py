@@ -223,8 +223,10 @@ def test_read_only_requested_slices(tmp_path, monkeypatch):
     write_series(tmp_path, volume)
     series = DICOMSeries.open(tmp_path)
     decoded = []
-    real_decode = series_module.decode_stored
+    real_decode, real_native = series_module.decode_stored, series_module.read_native
     monkeypatch.setattr(series_module, "decode_stored", lambda path, ts="": decoded.append(path.name) or real_decode(path, ts))
+    monkeypatch.setattr(series_module, "read_native",
+                        lambda path, *args, **kwargs: decoded.append(path.name) or real_native(path, *args, **kwargs))
     hu = series.read_hu([7, 2])
     assert decoded == ["7.dcm", "2.dcm"]
     np.testing.assert_array_equal(hu, volume[[7, 2]] - 1024.0)
