@@ -41,3 +41,34 @@ def test_by_experiment_trains_on_exp1_and_tests_on_exp2(phantom_root, tmp_path, 
         assert set(part["label"]) == {0, 1}, split
     if negatives == "lidc_random":
         assert set(m.loc[m["label"] == 0, "split"]) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("image_size", [64, 32])  # the phantom's 64² slices stored as read, and resized
+def test_images_are_the_same_bytes_whether_numpy_or_pydicom_decodes(phantom_root, tmp_path, monkeypatch, image_size):
+    """The native read (numpy at the PixelData offset) builds byte for byte the dataset that
+    decoding every selected slice with pydicom builds."""
+    from medfake.io import header
+    from medfake.io import series as series_module
+
+    def config(cache: str):
+        return load_config("paper", [*TINY[:4], f"data.image_size={image_size}", f"data.phantom.root={phantom_root}",
+                                     f"data.cache_dir={tmp_path / cache}"])
+
+    pydicom_decodes = []
+    real_decode = series_module.decode_stored
+    monkeypatch.setattr(series_module, "decode_stored", lambda *args: pydicom_decodes.append(1) or real_decode(*args))
+    fast, _, stats = build(config("native"), progress=False)
+    assert not pydicom_decodes and stats["decoded"] == len(fast.manifest)
+    assert set(stats["phases"]) == {"digest", "headers", "splits", "decode", "resize", "write"}
+    assert all(seconds >= 0 for seconds in stats["phases"].values()) and stats["phases"]["headers"] > 0
+
+    monkeypatch.setattr(header, "_native_layout", lambda *args: None)  # every slice through pydicom
+    header._shared_fields.cache_clear()
+    try:
+        slow, _, _ = build(config("pydicom"), progress=False)
+    finally:
+        header._shared_fields.cache_clear()
+    assert len(pydicom_decodes) == len(slow.manifest)
+    assert slow.digest == fast.digest
+    for name in ("images.npy", "manifest.csv", "problems.txt"):
+        assert (slow.path / name).read_bytes() == (fast.path / name).read_bytes(), name
