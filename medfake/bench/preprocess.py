@@ -68,8 +68,8 @@ PHASES = {
     "digest": "dataset digest (file listing, label CSVs)",
     "headers": "header pass of every file, series ordering, slice selection",
     "splits": "split assignment",
-    "decode": "reading the selected slices' pixels, HU",
-    "resize": "resize, rounding, int16 cast",
+    "decode": "reading the selected slices' pixels, HU (rounded to int16 here when stored at their own size)",
+    "resize": "resize, rounding, int16 cast (slices stored at another size)",
     "write": "images.npy, manifest, dataset.json",
 }
 

@@ -23,10 +23,10 @@ import pandas as pd
 from medfake.core.config import Config, data_root
 from medfake.core.errors import UserError
 from medfake.data import ctgan, lidc
+from medfake.data.images import write_images
 from medfake.data.phantom import ensure_phantom
 from medfake.data.splits import TEST_EXPERIMENT, TRAIN_EXPERIMENT, assign_splits
 from medfake.io.privacy import deidentify
-from medfake.io.transforms import resize
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = [
@@ -362,50 +362,12 @@ def select_slices(cfg: Config, inputs: Inputs, progress: bool = True):
     return series, fakes + chosen
 
 
-class _ImageFile:
-    """images.npy (int16, n × size × size), byte for byte what ``np.lib.format.open_memmap`` writes,
-    filled with plain file writes: no page faults on a fresh mapping and no msync of the whole
-    file (the folder is renamed into place only when complete, as before). The file grows as rows
-    are written (writing into a file pre-sized with truncate measured slower)."""
-
-    def __init__(self, path: Path, count: int, size: int):
-        self.row_bytes = size * size * np.dtype(np.int16).itemsize
-        self.handle = open(path, "w+b")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int16)), "fortran_order": False,
-                  "shape": (count, size, size)}
-        np.lib.format.write_array_header_1_0(self.handle, header)
-        self.offset = self.handle.tell()
-        self.size = self.offset + count * self.row_bytes
-
-    def write(self, rows: list[int], images: np.ndarray) -> None:
-        """Store ``images[j]`` (int16, C order) at row ``rows[j]``; runs of consecutive rows in one write."""
-        j = 0
-        while j < len(rows):
-            k = j + 1
-            while k < len(rows) and rows[k] == rows[k - 1] + 1:
-                k += 1
-            self.handle.seek(self.offset + rows[j] * self.row_bytes)
-            self.handle.write(memoryview(np.ascontiguousarray(images[j:k])).cast("B"))
-            j = k
-
-    def close(self) -> None:
-        try:
-            self.handle.truncate(self.size)  # every row is written; this only guards the length
-        finally:
-            self.handle.close()
-
-
-DECODE_BATCH = 32  # slices decoded at once: bounds the float32 HU held in memory per series
-
-
 def build(cfg: Config, progress: bool = True, inputs: Inputs | None = None, digest: str | None = None):
     """Build (or reuse) the dataset of a config. Returns (dataset, reused, stats).
 
     ``stats["phases"]`` holds the seconds of each phase (digest, headers and selection, splits,
     decode, resize, write), measured in the same run.
     """
-    from tqdm import tqdm
-
     started = time.perf_counter()
     phases = dict.fromkeys(("digest", "headers", "splits", "decode", "resize", "write"), 0.0)
     clock = [started]
@@ -436,43 +398,11 @@ def build(cfg: Config, progress: bool = True, inputs: Inputs | None = None, dige
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        images = _ImageFile(tmp / "images.npy", len(candidates), size)
         by_series: dict[str, list[int]] = {}
         for i, c in enumerate(candidates):
             by_series.setdefault(c.series_key, []).append(i)
-        decoded = 0
-        # buffers reused batch after batch: fresh memory costs a page fault per 4 KiB written
-        hu_buffers: dict[tuple[int, int], np.ndarray] = {}
-        scaled = np.empty((DECODE_BATCH, size, size), dtype=np.float32)
-        stored = np.empty((DECODE_BATCH, size, size), dtype=np.int16)
-        lap("write")
-        try:
-            for key in tqdm(sorted(by_series), desc="decoding selected slices", unit="series", disable=not progress):
-                shape = (series[key].rows, series[key].columns)
-                if shape not in hu_buffers:
-                    hu_buffers[shape] = np.empty((DECODE_BATCH, *shape), dtype=np.float32)
-                for first in range(0, len(by_series[key]), DECODE_BATCH):
-                    rows = by_series[key][first : first + DECODE_BATCH]
-                    n = len(rows)
-                    hu = series[key].read_hu([candidates[i].position for i in rows], out=hu_buffers[shape][:n])
-                    lap("decode")
-                    # resized slice by slice, as the stored images have always been made; rounding,
-                    # clipping and the int16 cast are element-wise, so they run on the batch in place
-                    if shape == (size, size):
-                        batch = hu
-                    else:
-                        batch = scaled[:n]
-                        for j, image in enumerate(hu):
-                            batch[j] = resize(image, size)
-                    np.rint(batch, out=batch)
-                    np.clip(batch, -32768, 32767, out=batch)
-                    np.copyto(stored[:n], batch, casting="unsafe")  # what .astype(np.int16) does
-                    lap("resize")
-                    images.write(rows, stored[:n])
-                    decoded += n
-                    lap("write")
-        finally:
-            images.close()
+        jobs = [(series[key], rows, [candidates[i].position for i in rows]) for key, rows in sorted(by_series.items())]
+        decoded = write_images(tmp / "images.npy", len(candidates), size, jobs, lap, progress)
         manifest = pd.DataFrame(
             [
                 {

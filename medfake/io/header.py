@@ -64,6 +64,12 @@ class NativePixels:
     dtype: str  # "<u2", "<i2"…: PixelRepresentation (0028,0103) 0 unsigned, 1 two's complement
     unused_bits: int  # BitsAllocated − BitsStored (0028,0101): pydicom shifts them out (sign-extends)
 
+    @property
+    def stored_range(self) -> tuple[int, int]:
+        """The smallest and largest stored value once the unused bits are shifted out."""
+        bits = 8 * int(self.dtype[-1]) - self.unused_bits
+        return (0, 2**bits - 1) if self.dtype[1] == "u" else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
 
 @dataclass(frozen=True)
 class SliceHeader:

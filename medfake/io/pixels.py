@@ -51,7 +51,9 @@ def read_native(path: str | os.PathLike, pixels: NativePixels, rows: int, column
         raise DICOMError(f"{path}: cannot decode PixelData (7FE0,0010): {one_line(exc)}") from None
     if got != len(view):  # the file shrank since its header was read
         raise DICOMError(f"{path}: cannot decode PixelData (7FE0,0010): {got} of {len(view)} bytes in the file")
-    if pixels.unused_bits:
+    if pixels.unused_bits and pixels.dtype[1] == "u":  # the shifts clear them: one mask does the same
+        np.bitwise_and(stored, pixels.stored_range[1], out=stored)
+    elif pixels.unused_bits:
         np.left_shift(stored, pixels.unused_bits, out=stored)
         np.right_shift(stored, pixels.unused_bits, out=stored)
     return stored

@@ -26,7 +26,7 @@ from medfake.io.ordering import (  # noqa: F401 - the tolerances: importable fro
     report_file_numbers, report_spacing,
 )
 from medfake.io.pixels import decode_stored, read_native
-from medfake.io.transforms import to_hu
+from medfake.io.transforms import hu_int16, to_hu
 
 
 
@@ -232,6 +232,22 @@ class DICOMSeries:
         for k, i in enumerate(chosen):
             header = self._headers[i]
             to_hu(self._decode(i, scratch), header.slope, header.intercept, out=out[k])
+        return out
+
+    def read_hu_int16(self, indices, out: np.ndarray) -> np.ndarray:
+        """HU of the sorted slices ``indices`` rounded and clipped to int16, into ``out`` (n, rows,
+        columns): the bytes of ``np.clip(np.rint(self.read_hu(indices)), -32768, 32767).astype(np.int16)``
+        (integer arithmetic where float32 would be exact, see :func:`medfake.io.transforms.hu_int16`)."""
+        chosen = self._indices(indices)
+        if out.shape != (len(chosen), self.rows, self.columns) or out.dtype != np.int16:
+            raise ValueError(f"out must be int16 of shape {(len(chosen), self.rows, self.columns)}, got {out.dtype} {out.shape}")
+        buffers: dict[str, np.ndarray] = {}
+        scratch = np.empty((self.rows, self.columns), dtype=np.float32)
+        for k, i in enumerate(chosen):
+            header = self._headers[i]
+            stored_range = header.pixels.stored_range if header.pixels is not None else None
+            hu_int16(self._decode(i, buffers), header.slope, header.intercept, out[k], stored_range=stored_range,
+                     scratch=scratch)
         return out
 
     def _decode(self, index: int, scratch: dict[str, np.ndarray] | None = None) -> np.ndarray:

@@ -28,6 +28,41 @@ def to_hu(stored: np.ndarray, slope: float = 1.0, intercept: float = 0.0, out: n
     return hu
 
 
+_FLOAT32_EXACT = 2**24  # every integer of smaller magnitude is a float32, and so are sums and products below it
+
+
+def hu_int16(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray, *,
+             stored_range: tuple[int, int] | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
+    """HU rounded and clipped to int16 into ``out``: the bytes of
+    ``np.clip(np.rint(to_hu(stored, slope, intercept)), -32768, 32767).astype(np.int16)``.
+
+    With an integer RescaleSlope (0028,1053) and RescaleIntercept (0028,1052) and 8/16-bit stored
+    values, every float32 step of that formula is exact, so integer arithmetic gives the same
+    values in fewer passes (one when the slope is 1 and ``stored_range``, the possible stored
+    values, keeps the result inside int16). Otherwise the float32 formula runs, in ``scratch``
+    when given.
+    """
+    if stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2 and float(slope).is_integer() \
+            and float(intercept).is_integer() and abs(slope) < _FLOAT32_EXACT:
+        slope, intercept = int(slope), int(intercept)
+        info = np.iinfo(stored.dtype)
+        low, high = stored_range if stored_range is not None else (int(info.min), int(info.max))
+        if max(abs(low), abs(high)) * abs(slope) + abs(intercept) < _FLOAT32_EXACT:
+            if slope == 1 and -32768 <= low + intercept and high + intercept <= 32767:
+                return np.add(stored, np.int32(intercept), out=out, casting="unsafe")  # nothing to clip
+            wide = np.empty(stored.shape, np.int32) if scratch is None else scratch.view(np.int32)
+            np.multiply(stored, np.int32(slope), out=wide, dtype=np.int32)
+            wide += np.int32(intercept)
+            np.clip(wide, -32768, 32767, out=wide)
+            np.copyto(out, wide, casting="unsafe")
+            return out
+    hu = to_hu(stored, slope, intercept, out=scratch)
+    np.rint(hu, out=hu)
+    np.clip(hu, -32768, 32767, out=hu)
+    np.copyto(out, hu, casting="unsafe")  # what .astype(np.int16) does
+    return out
+
+
 def window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     """Linear CT window, as WindowCenter (0028,1050) / WindowWidth (0028,1051) define it:
     [center − width/2, center + width/2] mapped to [0, 1], clipped (float32)."""

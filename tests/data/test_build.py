@@ -45,8 +45,10 @@ def test_by_experiment_trains_on_exp1_and_tests_on_exp2(phantom_root, tmp_path, 
 
 @pytest.mark.parametrize("image_size", [64, 32])  # the phantom's 64² slices stored as read, and resized
 def test_images_are_the_same_bytes_whether_numpy_or_pydicom_decodes(phantom_root, tmp_path, monkeypatch, image_size):
-    """The native read (numpy at the PixelData offset) builds byte for byte the dataset that
-    decoding every selected slice with pydicom builds."""
+    """The native read (numpy at the PixelData offset) and the integer HU rounding build byte for
+    byte the dataset that pydicom decoding and the float32 formula build."""
+    import numpy as np
+
     from medfake.io import header
     from medfake.io import series as series_module
 
@@ -62,7 +64,13 @@ def test_images_are_the_same_bytes_whether_numpy_or_pydicom_decodes(phantom_root
     assert set(stats["phases"]) == {"digest", "headers", "splits", "decode", "resize", "write"}
     assert all(seconds >= 0 for seconds in stats["phases"].values()) and stats["phases"]["headers"] > 0
 
-    monkeypatch.setattr(header, "_native_layout", lambda *args: None)  # every slice through pydicom
+    monkeypatch.setattr(header, "_native_layout", lambda *args: None)  # every slice through pydicom ...
+
+    def float_formula(self, indices, out):  # ... and rounded as the first version of the build did
+        out[...] = np.clip(np.rint(self.read_hu(indices)), -32768, 32767).astype(np.int16)
+        return out
+
+    monkeypatch.setattr(series_module.DICOMSeries, "read_hu_int16", float_formula)
     header._shared_fields.cache_clear()
     try:
         slow, _, _ = build(config("pydicom"), progress=False)

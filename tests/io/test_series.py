@@ -257,3 +257,17 @@ def test_rle_compressed_series_decodes(tmp_path):
     series = DICOMSeries.open(tmp_path)
     assert series.transfer_syntax == RLELossless
     np.testing.assert_array_equal(series.read_hu(), volume - 1024.0)
+
+
+@pytest.mark.parametrize("syntax", [None, RLELossless])  # read natively, and decoded by pydicom
+def test_read_hu_int16_is_read_hu_rounded(tmp_path, syntax):
+    volume = phantom_volume(5)
+    volume[1, 0, :4] = [-32768, 32767, -1, 0]  # clipped once the intercept is added
+    write_series(tmp_path, volume, **({"transfer_syntax": syntax} if syntax else {}))
+    series = DICOMSeries.open(tmp_path)
+    out = np.empty((3, 16, 16), dtype=np.int16)
+    assert series.read_hu_int16([4, 1, 0], out=out) is out
+    expected = np.clip(np.rint(series.read_hu([4, 1, 0])), -32768, 32767).astype(np.int16)
+    assert out.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError):
+        series.read_hu_int16([0], out=np.empty((1, 16, 16), dtype=np.float32))

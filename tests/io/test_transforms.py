@@ -58,3 +58,33 @@ def test_resize_area_and_bilinear():
     np.testing.assert_array_equal(resize(image, 20).shape, (20, 20))
     with pytest.raises(ValueError):
         resize(np.zeros(5), 2)
+
+
+def _rounded_reference(stored, slope, intercept):
+    return np.clip(np.rint(to_hu(stored, slope, intercept)), -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "<u2", "<i2", "<u4", "<i4"])
+def test_hu_int16_is_the_rounded_float32_formula_byte_for_byte(dtype):
+    """Integer arithmetic where float32 is exact (integer slope and intercept, 8/16-bit values), the
+    float32 formula elsewhere: the same int16 bytes either way, clipped values and range hints included."""
+    from medfake.io.transforms import hu_int16
+
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(1)
+    stored = rng.integers(info.min, int(info.max) + 1, size=(7, 9), dtype=np.dtype(dtype))
+    stored.flat[:4] = [info.min, info.max, 0, 1]
+    ranges = [None]
+    if dtype == "<u2":
+        ranges.append((0, 4095))  # BitsStored 12, unsigned: what NativePixels.stored_range says
+    if dtype == "<i2":
+        ranges.append((-2048, 2047))
+    for slope in (1, 1.0, 2, -1, 3, 0.5, 1000, 1e-3, 2**23, 0):
+        for intercept in (0, -1024, -1024.0, 30000, -40000, 0.5, -1024.25, 2**24):
+            for stored_range in ranges:
+                values = stored if stored_range is None else np.clip(stored, *stored_range).astype(stored.dtype)
+                expected = _rounded_reference(values, slope, intercept).tobytes()
+                for scratch in (None, np.empty(values.shape, np.float32)):
+                    out = np.empty(values.shape, np.int16)
+                    assert hu_int16(values, slope, intercept, out, stored_range=stored_range, scratch=scratch) is out
+                    assert out.tobytes() == expected, (slope, intercept, stored_range)
