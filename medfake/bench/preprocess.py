@@ -70,7 +70,7 @@ PHASES = {
     "splits": "split assignment",
     "decode": "reading the selected slices' pixels, HU (rounded to int16 here when stored at their own size)",
     "resize": "resize, rounding, int16 cast (slices stored at another size)",
-    "write": "images.npy, manifest, dataset.json",
+    "write": "images.npy (the part not overlapped with decoding), manifest, dataset.json",
 }
 
 

@@ -5,11 +5,13 @@ The bytes are those of the first version of the build — per slice,
 ``np.lib.format.open_memmap`` — reached with fewer passes over memory: slices are decoded in
 batches into reused buffers (fresh memory costs a page fault per 4 KiB written), slices stored at
 their own size go straight from stored values to int16 HU, and rows are written with plain file
-writes (no mapping to fault in, no msync of the whole file).
+writes (no mapping to fault in, no msync of the whole file) by a thread, while the next batch is
+decoded.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -58,37 +60,52 @@ def write_images(path: Path, count: int, size: int, jobs: Sequence[tuple[DICOMSe
                  lap: Callable[[str], None] = lambda phase: None, progress: bool = False) -> int:
     """Write images.npy of ``count`` rows from ``jobs`` — (series, rows, sorted slice indices) — and
     return the number of slices decoded. ``lap(phase)`` is called after each phase of each batch
-    ("decode", "resize", "write") so that the caller can time them."""
+    ("decode", "resize", "write") so that the caller can time them.
+
+    One thread writes a batch to the file while the next one is decoded (file reads and writes and
+    numpy release the GIL); "write" is then the time spent waiting for the writer.
+    """
     from tqdm import tqdm
 
     images = ImageFile(path, count, size)
-    stored = np.empty((DECODE_BATCH, size, size), dtype=np.int16)
+    stored = [np.empty((DECODE_BATCH, size, size), dtype=np.int16) for _ in range(2)]  # one filling, one writing
+    writes: list[Future | None] = [None, None]
     hu_buffers: dict[tuple[int, int], np.ndarray] = {}
-    decoded = 0
+    decoded, turn = 0, 0
     lap("write")
     try:
-        for series, rows, positions in tqdm(jobs, desc="decoding selected slices", unit="series", disable=not progress):
-            shape = (series.rows, series.columns)
-            for first in range(0, len(rows), DECODE_BATCH):
-                batch = slice(first, first + DECODE_BATCH)
-                n = len(rows[batch])
-                if shape == (size, size):
-                    series.read_hu_int16(positions[batch], out=stored[:n])
-                    lap("decode")
-                else:
-                    if shape not in hu_buffers:
-                        hu_buffers[shape] = np.empty((DECODE_BATCH, *shape), dtype=np.float32)
-                    hu = series.read_hu(positions[batch], out=hu_buffers[shape][:n])
-                    lap("decode")
-                    for j, image in enumerate(hu):
-                        scaled = resize(image, size)
-                        np.rint(scaled, out=scaled)
-                        np.clip(scaled, -32768, 32767, out=scaled)
-                        np.copyto(stored[j], scaled, casting="unsafe")  # what .astype(np.int16) does
-                    lap("resize")
-                images.write(rows[batch], stored[:n])
-                decoded += n
-                lap("write")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="images.npy") as writer:
+            for series, rows, positions in tqdm(jobs, desc="decoding selected slices", unit="series",
+                                                disable=not progress):
+                shape = (series.rows, series.columns)
+                for first in range(0, len(rows), DECODE_BATCH):
+                    batch = slice(first, first + DECODE_BATCH)
+                    n = len(rows[batch])
+                    if writes[turn] is not None:
+                        writes[turn].result()  # this buffer's previous batch is on disk (or raises)
+                        lap("write")
+                    out = stored[turn][:n]
+                    if shape == (size, size):
+                        series.read_hu_int16(positions[batch], out=out)
+                        lap("decode")
+                    else:
+                        if shape not in hu_buffers:
+                            hu_buffers[shape] = np.empty((DECODE_BATCH, *shape), dtype=np.float32)
+                        hu = series.read_hu(positions[batch], out=hu_buffers[shape][:n])
+                        lap("decode")
+                        for j, image in enumerate(hu):
+                            scaled = resize(image, size)
+                            np.rint(scaled, out=scaled)
+                            np.clip(scaled, -32768, 32767, out=scaled)
+                            np.copyto(out[j], scaled, casting="unsafe")  # what .astype(np.int16) does
+                        lap("resize")
+                    writes[turn] = writer.submit(images.write, rows[batch], out)
+                    decoded += n
+                    turn = 1 - turn
+            for pending in writes:
+                if pending is not None:
+                    pending.result()
+            lap("write")
     finally:
         images.close()
     return decoded

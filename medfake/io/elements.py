@@ -24,9 +24,10 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 NO_PIXEL_DATA = "no PixelData (7FE0,0010): missing, or the file is truncated"
 FLOAT_PIXELS = "float pixel data (7FE0,0008/0009) is not a CT image"
 
-# Explicit VR (PS3.5 §7.1.2): any two upper-case letters are accepted as a VR, as before; the
-# value says whether the length is the 32-bit form after two reserved bytes (True) or 16-bit.
-_VR_LONG = {bytes((a, b)): bytes((a, b)) in LONG_LENGTH_VRS for a in range(65, 91) for b in range(65, 91)}
+# Explicit VR (PS3.5 §7.1.2): any two upper-case letters are accepted as a VR, as before; those of
+# LONG_LENGTH_VRS have a 32-bit length after two reserved bytes, the others a 16-bit length.
+_SHORT_VRS = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91)) - LONG_LENGTH_VRS
+_FIRST_PIXEL_TAG = min(PIXEL_DATA, *FLOAT_PIXEL_DATA)
 _EXPLICIT_HEAD = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _IMPLICIT_HEAD = struct.Struct("<HHI")  # group, element, 32-bit length (also items, group FFFE)
 _LONG_LENGTH = struct.Struct("<I")
@@ -136,13 +137,13 @@ def _file_meta(reader: ChunkReader) -> tuple[int, str] | None:
         if len(data) - at < 8:
             raise ValueError("element header cut short")
         group, element, vr, length = _EXPLICIT_HEAD.unpack_from(data, at)
-        size, long_length = 8, _VR_LONG.get(vr)
-        if long_length is None:
-            raise ValueError("invalid VR")
-        if long_length:
+        size = 8
+        if vr in LONG_LENGTH_VRS:
             if len(data) - at < 12:
                 raise ValueError("element header cut short")
             length, size = _LONG_LENGTH.unpack_from(data, at + 8)[0], 12
+        elif vr not in _SHORT_VRS:
+            raise ValueError("invalid VR")
         if element == 0x0010:
             transfer_syntax = reader.get(position + size, length).decode("ascii", "replace").strip(" \x00")
         position += size + length
@@ -169,60 +170,60 @@ def scan_header(handle, file_size: int, wanted: Iterable[int], stop_after: int |
         header = RawHeader({}, transfer_syntax, implicit, True)
         values = header.values
         data, base = reader.data, reader.base
+        buffered = len(data)
         while True:
             at = position - base
-            if at < 0 or at + 12 > len(data):  # past the buffered bytes: read on (or seek)
+            if at + 12 > buffered:  # past the buffered bytes: read on (or seek)
                 reader.get(position, 12)
                 data, base = reader.data, reader.base
-                at = position - base
-                available = len(data) - at
-                if available <= 0:
+                buffered, at = len(data), position - base
+                if buffered - at <= 0:
                     header.pixel_problem = NO_PIXEL_DATA
                     return header
-                if available < 8:
+                if buffered - at < 8:
                     raise ValueError("element header cut short")
             vr = None
+            size = 8
             if implicit:
                 group, element, length = _IMPLICIT_HEAD.unpack_from(data, at)
-                size = 8
             else:
                 group, element, vr, length = _EXPLICIT_HEAD.unpack_from(data, at)
-                size = 8
                 if group == 0xFFFE:  # items and delimiters have no VR, 32-bit length
                     length = _LONG_LENGTH.unpack_from(data, at + 4)[0]
                     vr = None
-                else:
-                    long_length = _VR_LONG.get(vr)
-                    if long_length is None:
-                        raise ValueError("invalid VR")
-                    if long_length:
-                        if len(data) - at < 12:
-                            raise ValueError("element header cut short")
-                        length = _LONG_LENGTH.unpack_from(data, at + 8)[0]
-                        size = 12
+                elif vr in LONG_LENGTH_VRS:
+                    if buffered - at < 12:
+                        raise ValueError("element header cut short")
+                    length = _LONG_LENGTH.unpack_from(data, at + 8)[0]
+                    size = 12
+                elif vr not in _SHORT_VRS:
+                    raise ValueError("invalid VR")
             tag = (group << 16) | element
-            if tag > stop:
-                return header
-            if tag == PIXEL_DATA:
-                header.pixel_length = None if length == UNDEFINED_LENGTH else length
-                header.pixel_offset = position + size
-                header.pixel_bytes_left = file_size - position - size
-                return header
-            if tag in FLOAT_PIXEL_DATA:
-                header.pixel_problem = FLOAT_PIXELS
-                return header
+            if tag >= _FIRST_PIXEL_TAG or tag > stop:  # rare: the end of the walk, or a tag after it
+                if tag > stop:
+                    return header
+                if tag == PIXEL_DATA:
+                    header.pixel_length = None if length == UNDEFINED_LENGTH else length
+                    header.pixel_offset = position + size
+                    header.pixel_bytes_left = file_size - position - size
+                    return header
+                if tag in FLOAT_PIXEL_DATA:
+                    header.pixel_problem = FLOAT_PIXELS
+                    return header
             position += size
             if length == UNDEFINED_LENGTH:
                 position = skip_sequence(reader, position, implicit or vr == b"UN")
                 data, base = reader.data, reader.base
+                buffered = len(data)
                 continue
             if tag in wanted:
                 start = position - base
-                if start + length <= len(data):
+                if start + length <= buffered:
                     values[tag] = data[start : start + length]
                 else:
                     value = reader.get(position, length)
                     data, base = reader.data, reader.base
+                    buffered = len(data)
                     if len(value) < length:
                         return None
                     values[tag] = value

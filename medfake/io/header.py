@@ -101,8 +101,9 @@ def file_number(path: str | os.PathLike) -> int | None:
     return int(stem) if stem.isdigit() else None
 
 
-def natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+@functools.lru_cache(maxsize=65536)  # a series is sorted and ordered by name more than once
+def natural_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
 
 
 def one_line(exc: BaseException, limit: int = 160) -> str:

@@ -133,7 +133,7 @@ def _drop_duplicate_positions(ordered, positions, skipped, problems):
             clusters.append([i])
     keep = []
     for cluster in clusters:
-        best = min(cluster, key=lambda i: _instance_key(ordered[i]))
+        best = cluster[0] if len(cluster) == 1 else min(cluster, key=lambda i: _instance_key(ordered[i]))
         keep.append(best)
         kept = ordered[best]
         for i in cluster:
