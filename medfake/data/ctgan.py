@@ -265,17 +265,19 @@ def validate_label_slices(
     if uuid is not None:
         rows = rows[rows["uuid"] == str(uuid)]
     present = {number for number in series.file_numbers if number is not None}
-    for row in rows.itertuples(index=False):
-        where = f"{row.csv_file}: row {row.csv_row}"
-        scan = f"{row.experiment}/{row.uuid}"
-        if row.slice not in present:
+    # plain columns rather than itertuples, which builds a namedtuple class per call (once per scan)
+    columns = ("csv_file", "csv_row", "experiment", "uuid", "slice", "x", "y")
+    for csv_file, csv_row, exp, folder, number, x, y in zip(*(rows[column] for column in columns)):
+        where = f"{csv_file}: row {csv_row}"
+        scan = f"{exp}/{folder}"
+        if number not in present:
             span = f"file numbers {min(present)}–{max(present)}" if present else "no numbered files"
-            skipped = [name for name, _ in series.skipped if Path(name).stem == str(row.slice)]
+            skipped = [name for name, _ in series.skipped if Path(name).stem == str(number)]
             note = f"; {skipped[0]} was skipped as unreadable" if skipped else ""
-            raise UserError(f"{where}: slice {row.slice} is not a slice of scan {scan} ({span}{note})")
-        if row.x >= series.columns or row.y >= series.rows:
+            raise UserError(f"{where}: slice {number} is not a slice of scan {scan} ({span}{note})")
+        if x >= series.columns or y >= series.rows:
             raise UserError(
-                f"{where}: x {row.x}, y {row.y} is outside the {series.columns}×{series.rows} image of scan {scan}"
+                f"{where}: x {x}, y {y} is outside the {series.columns}×{series.rows} image of scan {scan}"
             )
 
 
