@@ -189,6 +189,7 @@ def test_fake_slices_name_their_scan_position_and_experiment(tmp_path, small_lid
     assert {c.group for c in fakes} == {deidentify("ctgan", "1001"), deidentify("ctgan", "1002")}
     assert {c.series_key for c in fakes} == {"ctgan/EXP1/1001", "ctgan/EXP1/1002"}
     assert {"ctgan/EXP1/1001", "ctgan/EXP1/1002"} <= set(series)
+    assert len(series["ctgan/EXP1/1001"]) == 21 and len(series["ctgan/EXP1/1002"]) == 21  # the scans, opened
     assert {c.experiment for c in fakes} == {"EXP1"}
     for c in fakes:  # a 21-slice scan: position p of 0 … 20 is p / 20 of the way along z
         assert c.position == c.slice and c.relative_z == pytest.approx(c.position / 20)

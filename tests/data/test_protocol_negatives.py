@@ -124,19 +124,22 @@ def test_random_lidc_negatives_are_one_per_fake_from_series_the_build_can_decode
 # -- by_experiment: no patient in both train and test ----------------------------------------------
 def test_by_experiment_drops_the_experiment_1_slices_of_a_patient_tested_in_experiment_2(tmp_path, lidc):
     root = tmp_path / "ctgan"
-    ctgan_tree(root, {"1001": 30, "1002": 30}, [("FB", "1001", 10), ("FM", "1002", 10)], experiment="EXP1")
-    ctgan_tree(root, {"1002": 30, "2001": 30}, [("FB", "1002", 20), ("FM", "2001", 10)], experiment="EXP2")
+    ctgan_tree(root, {"1001": 30, "1002": 30, "1003": 30},
+               [("FB", "1001", 10), ("FM", "1002", 10), ("FB", "1003", 15)], experiment="EXP1")
+    ctgan_tree(root, {"1002": 30, "1003": 30, "2001": 30},
+               [("FB", "1002", 20), ("FM", "1003", 5), ("FM", "2001", 10)], experiment="EXP2")
     _series, candidates, problems = select(config(root, lidc, "data.split=by_experiment"), root, lidc)
     fakes, negatives = _split_by_label(candidates)
     kept = {(c.experiment, c.group) for c in fakes}
-    shared = deidentify("ctgan", "1002")
-    assert kept == {("EXP1", deidentify("ctgan", "1001")), ("EXP2", shared), ("EXP2", deidentify("ctgan", "2001"))}
-    assert len(fakes) == 33 and len(negatives) == 33  # negatives balance the fakes that are kept
-    assert (f"split by_experiment: 1 patient(s) appear in both experiments (scan {shared}): "
+    shared = sorted([deidentify("ctgan", "1002"), deidentify("ctgan", "1003")])
+    assert kept == {("EXP1", deidentify("ctgan", "1001")), ("EXP2", shared[0]), ("EXP2", shared[1]),
+                    ("EXP2", deidentify("ctgan", "2001"))}
+    assert len(fakes) == 11 + 11 + 11 + 11 and len(negatives) == len(fakes)  # negatives balance the kept fakes
+    assert (f"split by_experiment: 2 patient(s) appear in both experiments (scan {shared[0]}, {shared[1]}): "
             "their experiment-1 slices are left out") in problems
-    # the study's random split keeps both of the patient's scans
+    # the study's random split keeps both scans of each patient
     _series, candidates, problems = select(config(root, lidc), root, lidc)
-    assert len(_split_by_label(candidates)[0]) == 44 and not any("by_experiment" in p for p in problems)
+    assert len(_split_by_label(candidates)[0]) == 66 and not any("by_experiment" in p for p in problems)
 
 
 # -- what each fake carries ------------------------------------------------------------------------
@@ -171,7 +174,8 @@ def test_a_two_slice_scan_spans_relative_z_0_to_1(tmp_path, lidc):
 
 def test_problem_lines_name_the_deidentified_scan_once_each_and_never_its_folder(tmp_path, lidc):
     uuid = "73311"
-    ctgan = ctgan_tree(tmp_path / "ctgan", {uuid: 20}, [("FM", uuid, 10)])
+    ctgan = ctgan_tree(tmp_path / "ctgan", {uuid: 20, "1001": 20}, [("FM", uuid, 10), ("FB", "1001", 10)])
+    (ctgan / "CT_Scans" / "EXP1_blind" / "1001" / "19.dcm").write_bytes(b"not dicom")  # another scan's problem
     folder = ctgan / "CT_Scans" / "EXP1_blind" / uuid
     (folder / "7.dcm").write_bytes(b"not dicom" * 20)           # an unreadable slice
     (folder / f"{uuid}.dcm").write_bytes(b"not dicom" * 20)     # a file named like its scan
@@ -180,7 +184,9 @@ def test_problem_lines_name_the_deidentified_scan_once_each_and_never_its_folder
     (folder / "4.dcm").rename(folder / "3.dcm")
     (folder / "swap").rename(folder / "4.dcm")
     _series, candidates, problems = select(config(ctgan, lidc), ctgan, lidc)
-    scan = deidentify("ctgan", uuid)
+    scan, other = deidentify("ctgan", uuid), deidentify("ctgan", "1001")
+    assert f"scan {other}: skipped 19.dcm: not a DICOM file" in problems  # each scan's lines are kept
+    problems = [p for p in problems if not p.startswith(f"scan {other}: ")]
     assert problems and all(p.startswith(f"scan {scan}: ") for p in problems)
     assert not any(uuid in p or "EXP1" in p for p in problems)
     assert f"scan {scan}: skipped 7.dcm: not a DICOM file" in problems
@@ -188,7 +194,7 @@ def test_problem_lines_name_the_deidentified_scan_once_each_and_never_its_folder
     assert sum(p.endswith("….dcm: not a DICOM file") for p in problems) == 2
     assert f"scan {scan}: 3 files skipped (see skipped files)" in problems
     assert sum("do not follow the ImagePositionPatient order" in p for p in problems) == 1  # said once
-    assert 7 not in {c.slice for c in candidates if c.label == 1}  # the unreadable slice is not selected
+    assert 7 not in {c.slice for c in candidates if c.label == 1 and c.group == scan}  # the unreadable slice is not selected
 
 
 def test_lidc_top_up_takes_the_nearest_slice_of_a_random_series_and_runs_out_clearly():
@@ -208,3 +214,20 @@ def test_lidc_top_up_takes_the_nearest_slice_of_a_random_series_and_runs_out_cle
     assert one.series_key == ["a", "b"][int(order)]
     with pytest.raises(UserError, match=r"^not enough LIDC slices to top up the matched negatives$"):
         _lidc_matched_z(series, [0.5], np.random.default_rng(2), used)
+
+
+def test_a_scan_without_positions_says_its_label_slices_were_not_checked_against_them(tmp_path, lidc):
+    from dicom_factory import write_series
+
+    ctgan = ctgan_tree(tmp_path / "ctgan", {"1001": 20}, [("FM", "1001", 10)])
+    folder = ctgan / "CT_Scans" / "EXP1_blind" / "1001"
+    for path in folder.iterdir():
+        path.unlink()
+    write_series(folder, np.zeros((20, 8, 8), np.int16), positions=[None] * 20)  # no (0020,0032)
+    _series, candidates, problems = select(config(ctgan, lidc), ctgan, lidc)
+    scan = deidentify("ctgan", "1001")
+    assert problems == [
+        f"scan {scan}: slices have no usable ImagePositionPatient (0020,0032): file order not checked against positions",
+        f"scan {scan}: no ImagePositionPatient (0020,0032): slices ordered by InstanceNumber",
+    ]
+    assert [c.slice for c in candidates if c.label == 1] == list(range(5, 16))
