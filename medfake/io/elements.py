@@ -27,11 +27,13 @@ FLOAT_PIXELS = "float pixel data (7FE0,0008/0009) is not a CT image"
 # Explicit VR (PS3.5 §7.1.2): any two upper-case letters are accepted as a VR, as before; those of
 # LONG_LENGTH_VRS have a 32-bit length after two reserved bytes, the others a 16-bit length.
 _SHORT_VRS = frozenset(bytes((a, b)) for a in range(65, 91) for b in range(65, 91)) - LONG_LENGTH_VRS
-_FIRST_PIXEL_TAG = min(PIXEL_DATA, *FLOAT_PIXEL_DATA)
+_PIXEL_TAGS = FLOAT_PIXEL_DATA | {PIXEL_DATA}
+_FIRST_PIXEL_TAG = min(_PIXEL_TAGS)
 _EXPLICIT_HEAD = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
 _IMPLICIT_HEAD = struct.Struct("<HHI")  # group, element, 32-bit length (also items, group FFFE)
 _LONG_LENGTH = struct.Struct("<I")
 _NO_STOP = 1 << 32
+_WATCHED: dict[frozenset, frozenset] = {}  # wanted tags → those and the pixel data tags (one lookup per element)
 
 
 @dataclass
@@ -128,7 +130,18 @@ def _file_meta(reader: ChunkReader) -> tuple[int, str] | None:
     if reader.get(128, 4) != b"DICM":
         return None
     position, transfer_syntax = 132, ""
-    while True:  # File Meta elements: always explicit VR little endian (PS3.10 §7.1)
+    data = reader.data  # the first chunk, from byte 0: File Meta almost always ends inside it
+    while position + 12 <= len(data) and data[position] == 2 and data[position + 1] == 0:
+        group, element, vr, length = _EXPLICIT_HEAD.unpack_from(data, position)  # PS3.10 §7.1: explicit VR LE
+        size = 8
+        if vr in LONG_LENGTH_VRS:
+            length, size = _LONG_LENGTH.unpack_from(data, position + 8)[0], 12
+        elif vr not in _SHORT_VRS:
+            raise ValueError("invalid VR")
+        if element == 0x0010:
+            transfer_syntax = reader.get(position + size, length).decode("ascii", "replace").strip(" \x00")
+        position += size + length
+    while True:  # the rest of a File Meta group longer than the first chunk
         if reader.base + len(reader.data) < position + 12:
             reader.get(position, 12)
         data, at = reader.data, position - reader.base
@@ -168,67 +181,145 @@ def scan_header(handle, file_size: int, wanted: Iterable[int], stop_after: int |
             return None
         implicit = transfer_syntax == IMPLICIT_LITTLE
         header = RawHeader({}, transfer_syntax, implicit, True)
-        values = header.values
-        data, base = reader.data, reader.base
-        buffered = len(data)
-        while True:
-            at = position - base
-            if at + 12 > buffered:  # past the buffered bytes: read on (or seek)
-                reader.get(position, 12)
-                data, base = reader.data, reader.base
-                buffered, at = len(data), position - base
-                if buffered - at <= 0:
-                    header.pixel_problem = NO_PIXEL_DATA
-                    return header
-                if buffered - at < 8:
-                    raise ValueError("element header cut short")
-            vr = None
-            size = 8
-            if implicit:
-                group, element, length = _IMPLICIT_HEAD.unpack_from(data, at)
-            else:
-                group, element, vr, length = _EXPLICIT_HEAD.unpack_from(data, at)
-                if group == 0xFFFE:  # items and delimiters have no VR, 32-bit length
-                    length = _LONG_LENGTH.unpack_from(data, at + 4)[0]
-                    vr = None
-                elif vr in LONG_LENGTH_VRS:
-                    if buffered - at < 12:
-                        raise ValueError("element header cut short")
-                    length = _LONG_LENGTH.unpack_from(data, at + 8)[0]
-                    size = 12
-                elif vr not in _SHORT_VRS:
-                    raise ValueError("invalid VR")
-            tag = (group << 16) | element
-            if tag >= _FIRST_PIXEL_TAG or tag > stop:  # rare: the end of the walk, or a tag after it
-                if tag > stop:
-                    return header
-                if tag == PIXEL_DATA:
-                    header.pixel_length = None if length == UNDEFINED_LENGTH else length
-                    header.pixel_offset = position + size
-                    header.pixel_bytes_left = file_size - position - size
-                    return header
-                if tag in FLOAT_PIXEL_DATA:
-                    header.pixel_problem = FLOAT_PIXELS
-                    return header
-            position += size
-            if length == UNDEFINED_LENGTH:
-                position = skip_sequence(reader, position, implicit or vr == b"UN")
-                data, base = reader.data, reader.base
-                buffered = len(data)
-                continue
-            if tag in wanted:
-                start = position - base
-                if start + length <= buffered:
-                    values[tag] = data[start : start + length]
-                else:
-                    value = reader.get(position, length)
-                    data, base = reader.data, reader.base
-                    buffered = len(data)
-                    if len(value) < length:
-                        return None
-                    values[tag] = value
-            position += length
-            if position > file_size:
-                return None
+        walk = _walk_any if implicit else _walk_explicit
+        return walk(reader, position, header, wanted, stop, file_size)
     except (ValueError, struct.error):
         return None
+
+
+def _walk_any(reader: ChunkReader, position: int, header: RawHeader, wanted: frozenset, stop: int,
+              file_size: int) -> RawHeader | None:
+    """:func:`scan_header`'s walk for implicit or explicit VR little endian, one element at a time
+    (the reference :func:`_walk_explicit` must agree with)."""
+    implicit = header.implicit_vr
+    values = header.values
+    data, base = reader.data, reader.base
+    buffered = len(data)
+    while True:
+        at = position - base
+        if at + 12 > buffered:  # past the buffered bytes: read on (or seek)
+            reader.get(position, 12)
+            data, base = reader.data, reader.base
+            buffered, at = len(data), position - base
+            if buffered - at <= 0:
+                header.pixel_problem = NO_PIXEL_DATA
+                return header
+            if buffered - at < 8:
+                raise ValueError("element header cut short")
+        vr = None
+        size = 8
+        if implicit:
+            group, element, length = _IMPLICIT_HEAD.unpack_from(data, at)
+        else:
+            group, element, vr, length = _EXPLICIT_HEAD.unpack_from(data, at)
+            if group == 0xFFFE:  # items and delimiters have no VR, 32-bit length
+                length = _LONG_LENGTH.unpack_from(data, at + 4)[0]
+                vr = None
+            elif vr in LONG_LENGTH_VRS:
+                if buffered - at < 12:
+                    raise ValueError("element header cut short")
+                length = _LONG_LENGTH.unpack_from(data, at + 8)[0]
+                size = 12
+            elif vr not in _SHORT_VRS:
+                raise ValueError("invalid VR")
+        tag = (group << 16) | element
+        if tag >= _FIRST_PIXEL_TAG or tag > stop:  # rare: the end of the walk, or a tag after it
+            if tag > stop:
+                return header
+            if tag == PIXEL_DATA:
+                header.pixel_length = None if length == UNDEFINED_LENGTH else length
+                header.pixel_offset = position + size
+                header.pixel_bytes_left = file_size - position - size
+                return header
+            if tag in FLOAT_PIXEL_DATA:
+                header.pixel_problem = FLOAT_PIXELS
+                return header
+        position += size
+        if length == UNDEFINED_LENGTH:
+            position = skip_sequence(reader, position, implicit or vr == b"UN")
+            data, base = reader.data, reader.base
+            buffered = len(data)
+            continue
+        if tag in wanted:
+            start = position - base
+            if start + length <= buffered:
+                values[tag] = data[start : start + length]
+            else:
+                value = reader.get(position, length)
+                data, base = reader.data, reader.base
+                buffered = len(data)
+                if len(value) < length:
+                    return None
+                values[tag] = value
+        position += length
+        if position > file_size:
+            return None
+
+
+def _walk_explicit(reader: ChunkReader, position: int, header: RawHeader, wanted: frozenset, stop: int,
+                   file_size: int) -> RawHeader | None:
+    """:func:`scan_header`'s walk for explicit VR little endian, the usual encoding, with the least
+    work per element: a short-VR element is one unpack, two set lookups and two additions; the
+    rest (long VRs, undefined lengths, items, the end of the walk) is handled off that path."""
+    values = header.values
+    watched = _WATCHED.get(wanted)
+    if watched is None:
+        watched = _WATCHED[wanted] = wanted | _PIXEL_TAGS
+    data, base = reader.data, reader.base
+    buffered, at, entry = len(data), position - base, position
+    while True:
+        if at + 12 > buffered:  # past the buffered bytes: read on (or seek)
+            position = base + at
+            if position > file_size and position != entry:  # an element's value ran past the end
+                return None
+            reader.get(position, 12)
+            data, base = reader.data, reader.base
+            buffered, at = len(data), position - base
+            if buffered - at <= 0:
+                header.pixel_problem = NO_PIXEL_DATA
+                return header
+            if buffered - at < 8:
+                raise ValueError("element header cut short")
+        group, element, vr, length = _EXPLICIT_HEAD.unpack_from(data, at)
+        tag = (group << 16) | element
+        if vr in _SHORT_VRS and group != 0xFFFE:
+            at += 8
+        elif group == 0xFFFE or vr in LONG_LENGTH_VRS:
+            if group == 0xFFFE:  # items and delimiters have no VR, 32-bit length
+                length, vr = _LONG_LENGTH.unpack_from(data, at + 4)[0], None
+                at += 8
+            else:
+                if buffered - at < 12:
+                    raise ValueError("element header cut short")
+                length = _LONG_LENGTH.unpack_from(data, at + 8)[0]
+                at += 12
+            if length == UNDEFINED_LENGTH and tag <= stop and tag not in _PIXEL_TAGS:  # a sequence to skip
+                position = skip_sequence(reader, base + at, vr == b"UN")
+                data, base = reader.data, reader.base
+                buffered, at = len(data), position - base
+                continue
+        else:
+            raise ValueError("invalid VR")
+        if tag > stop:
+            return header
+        if tag in watched:
+            if tag == PIXEL_DATA:
+                header.pixel_length = None if length == UNDEFINED_LENGTH else length
+                header.pixel_offset = base + at
+                header.pixel_bytes_left = file_size - (base + at)
+                return header
+            if tag in FLOAT_PIXEL_DATA:
+                header.pixel_problem = FLOAT_PIXELS
+                return header
+            if at + length <= buffered:
+                values[tag] = data[at : at + length]
+            else:
+                value = reader.get(base + at, length)
+                if len(value) < length:
+                    return None
+                values[tag] = value
+                position = base + at + length
+                data, base = reader.data, reader.base
+                buffered, at = len(data), position - base
+                continue
+        at += length

@@ -43,6 +43,7 @@ HEADER_TAGS: dict[str, int] = {
     "RescaleIntercept": 0x00281052,
     "RescaleSlope": 0x00281053,
 }
+_HEADER_TAG_SET = frozenset(HEADER_TAGS.values())
 # (0028,0004) PhotometricInterpretation and (0028,0008) NumberOfFrames values of one greyscale
 # frame, raw (CS/IS padded to even length) or as pydicom converts them.
 _MONOCHROME = frozenset({b"MONOCHROME1 ", b"MONOCHROME2 ", "MONOCHROME1", "MONOCHROME2"})
@@ -221,7 +222,7 @@ def read_raw_header(path: str | os.PathLike) -> RawHeader:
     try:
         with open(path, "rb") as handle:
             file_size = os.fstat(handle.fileno()).st_size
-            header = scan_header(handle, file_size, HEADER_TAGS.values())
+            header = scan_header(handle, file_size, _HEADER_TAG_SET)
             if header is None:
                 header = _pydicom_header(path, handle, file_size)
     except DICOMError:
