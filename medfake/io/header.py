@@ -220,10 +220,11 @@ def read_raw_header(path: str | os.PathLike) -> RawHeader:
     """
     path = path if isinstance(path, Path) else Path(path)
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", buffering=0) as handle:  # unbuffered: the walk reads 16 KiB chunks itself
             file_size = os.fstat(handle.fileno()).st_size
             header = scan_header(handle, file_size, _HEADER_TAG_SET)
-            if header is None:
+        if header is None:
+            with open(path, "rb") as handle:  # pydicom reads element by element: buffered
                 header = _pydicom_header(path, handle, file_size)
     except DICOMError:
         raise
