@@ -80,3 +80,26 @@ def test_images_are_the_same_bytes_whether_numpy_or_pydicom_decodes(phantom_root
     assert slow.digest == fast.digest
     for name in ("images.npy", "manifest.csv", "problems.txt"):
         assert (slow.path / name).read_bytes() == (fast.path / name).read_bytes(), name
+
+
+def test_the_build_freezes_earlier_objects_for_the_garbage_collector_and_puts_them_back(phantom_root, tmp_path,
+                                                                                       monkeypatch):
+    import gc
+
+    from medfake.data import build as build_module
+
+    seen = []
+    real_select = build_module.select_slices
+    monkeypatch.setattr(build_module, "select_slices", lambda *args: seen.append(gc.get_freeze_count()) or real_select(*args))
+    cfg = load_config("paper", [*TINY[:4], "data.image_size=32", f"data.phantom.root={phantom_root}",
+                                f"data.cache_dir={tmp_path / 'cache'}"])
+    assert gc.get_freeze_count() == 0
+    build(cfg, progress=False)
+    assert seen[0] > 0 and gc.get_freeze_count() == 0
+    gc.freeze()  # a caller that froze objects itself keeps them frozen
+    try:
+        build(load_config("paper", [*TINY[:4], "data.image_size=32", f"data.phantom.root={phantom_root}",
+                                    f"data.cache_dir={tmp_path / 'other'}"]), progress=False)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
