@@ -48,8 +48,11 @@ def hu_int16(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray
         info = np.iinfo(stored.dtype)
         low, high = stored_range if stored_range is not None else (int(info.min), int(info.max))
         if max(abs(low), abs(high)) * abs(slope) + abs(intercept) < _FLOAT32_EXACT:
-            if slope == 1 and -32768 <= low + intercept and high + intercept <= 32767:
-                return np.add(stored, np.int32(intercept), out=out, casting="unsafe")  # nothing to clip
+            if slope == 1 and -32768 <= low + intercept and high + intercept <= 32767:  # nothing to clip
+                if stored.dtype.itemsize == 2 and high <= 32767 and -32768 <= intercept <= 32767:
+                    # the stored values are int16 values already: add in int16, no casting loop
+                    return np.add(stored.view(np.int16), np.int16(intercept), out=out)
+                return np.add(stored, np.int32(intercept), out=out, casting="unsafe")
             wide = np.empty(stored.shape, np.int32) if scratch is None else scratch.view(np.int32)
             np.multiply(stored, np.int32(slope), out=wide, dtype=np.int32)
             wide += np.int32(intercept)
