@@ -125,14 +125,18 @@ def element_text(value) -> str:
 
 def _text_numbers(value, count: int) -> tuple[float, ...] | None:
     """A multi-valued DS element as ``count`` finite floats, or None when absent or malformed."""
-    text = element_text(value)
+    if type(value) is bytes and value.isascii():  # raw bytes (the usual case): float() parses ASCII bytes as text
+        text = value.strip(b" \x00")
+        separator = b"\\"
+    else:
+        text, separator = element_text(value), "\\"
     if not text:
         return None
     try:
-        items = tuple(float(item) for item in text.split("\\"))
+        items = tuple(map(float, text.split(separator)))
     except ValueError:
         return None
-    if len(items) != count or not all(math.isfinite(item) for item in items):
+    if len(items) != count or not all(map(math.isfinite, items)):
         return None
     return items
 

@@ -35,8 +35,9 @@ def _list_folder(folder: Path) -> list[Path]:
         raise DICOMError(f"{folder}: no such file or folder")
     if not folder.is_dir():
         return [folder]
-    entries = sorted(folder.iterdir(), key=lambda entry: natural_key(entry.name))
-    files = [entry for entry in entries if entry.is_file() and not entry.name.startswith(".")]
+    with os.scandir(folder) as listing:  # the directory entry's type: no stat per file
+        entries = sorted(listing, key=lambda entry: natural_key(entry.name))
+    files = [folder / entry.name for entry in entries if entry.is_file() and not entry.name.startswith(".")]
     if not files:
         subfolders = sum(1 for entry in entries if entry.is_dir())
         hint = f" (it has {subfolders} sub-folders: give a series folder)" if subfolders else ""
