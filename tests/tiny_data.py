@@ -16,6 +16,7 @@ TINY = [
     "data.image_size=32", "train.batch_size=8", "train.phase1_epochs=3", "train.phase2_epochs=1",
     "train.phase1_lr=1e-3", "train.phase2_lr=1e-4", "eval.bootstrap_samples=50", "eval.latency_steps=2",
     "model.weights=none", "model.head_units=[16, 8]", "train.precision=float32", "experiment=medfake-test",
+    "eval.runtime_check=false",  # the export it needs costs 15-35 s a run; tests/inference/test_scan_runtimes.py turns it on
 ]
 
 

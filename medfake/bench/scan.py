@@ -43,7 +43,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=300, help="slices in the series (default 300)")
     parser.add_argument("--size", type=int, default=512, help="slice size and built detector's input size (default 512)")
     parser.add_argument("--runtime", default="auto", help="scan's --runtime (default auto, scan's default)")
-    parser.add_argument("--precision", default="float32", help="scan's --precision (default float32, scan's default)")
+    parser.add_argument("--precision", default="checked", help="scan's --precision (default checked, scan's default)")
     parser.add_argument("--batch-size", type=int, default=16, help="scan's --batch-size (default 16, scan's default)")
     parser.add_argument("--phantom", default=".medfake/bench/scan-phantom", help="where the phantom series is written or reused")
     parser.add_argument("--report", default="reports/benchmarks/scan.md", help="markdown report to write")

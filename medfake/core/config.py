@@ -92,6 +92,7 @@ class EvalConfig:
     ci_level: float = 0.95
     latency_steps: int = 10
     explain: bool = False
+    runtime_check: bool = True
 
 
 @dataclass(frozen=True)

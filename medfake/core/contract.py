@@ -72,6 +72,18 @@ TAG_NOTE = "mlflow.note.content"  # the run's markdown description in the UI
 TAG_HEARTBEAT = "medfake.heartbeat"  # unix seconds, rewritten while the run's process lives
 TAG_PROCESS = "medfake.process"  # host:pid of the process that runs it (to tell a dead one)
 
+# Each trained detector's max |Δp| against its Keras float32 scores on its test slices, per
+# runtime-precision (issue 17), e.g. ``max_abs_dp/openvino-bfloat16``. scan's default precision
+# ("checked") runs reduced precision only where this is at most the tolerance.
+RUNTIME_DELTA_PREFIX = "max_abs_dp/"
+REDUCED_PRECISION_TOLERANCE = 0.01
+
+
+def runtime_delta_key(runtime_name: str) -> str:
+    """``max_abs_dp/<runtime>-<precision>``, e.g. ``max_abs_dp/openvino-bfloat16``."""
+    return f"{RUNTIME_DELTA_PREFIX}{runtime_name}"
+
+
 # -- metric keys: {split}_{metric} ---------------------------------------------------------
 SPLITS = ("train", "val", "test")
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc", "h")

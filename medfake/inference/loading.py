@@ -26,6 +26,9 @@ from medfake.core.errors import UserError
 DEFAULT_MODEL = "models:/medfake-detector@champion"
 EXPORT_CACHE = Path(".medfake") / "exports"
 RUNTIME_CHOICES = ("auto", "keras", "onnx", "openvino")
+# "checked" (scan's default): bfloat16 where this detector's own runtime check passed, else float32.
+PRECISION_CHOICES = ("checked", "auto", "float32", "bfloat16", "float16")
+CHECKED = "checked"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -139,12 +142,48 @@ def _file_input_size(loaded) -> int | None:
         return None
 
 
-def load_scorer(model: str, runtime: str = "auto", precision: str = "float32", endpoint: str | None = None,
+def checked_precision(metrics: dict[str, float] | None, runtime: str, bfloat16_here: bool = True) -> tuple[str, str]:
+    """(precision, why) for ``runtime``: bfloat16 only where the detector's train run logged a max
+    |Δp| ≤ 0.01 against Keras float32 on its test slices for ``<runtime>-bfloat16`` (issue 17)."""
+    from medfake.core.contract import REDUCED_PRECISION_TOLERANCE, runtime_delta_key
+
+    key = runtime_delta_key(f"{runtime}-bfloat16")
+    if runtime == "onnx":
+        return "float32", "the onnx runtime runs float32 only"
+    if runtime == "openvino" and not bfloat16_here:
+        return "float32", "this CPU has no bfloat16 (OpenVINO lists no BF16 capability)"
+    if metrics is None:
+        return "float32", "no runtime check is recorded for a model file (a train run logs one)"
+    if key not in metrics:
+        return "float32", f"no {key} recorded by this detector's train run"
+    delta = metrics[key]
+    if delta <= REDUCED_PRECISION_TOLERANCE:
+        return "bfloat16", f"{key} = {delta:.1e} ≤ {REDUCED_PRECISION_TOLERANCE} on this detector's test slices"
+    return "float32", f"{key} = {delta:.1e} > {REDUCED_PRECISION_TOLERANCE} on this detector's test slices"
+
+
+def _run_metrics(run_id: str | None) -> dict[str, float] | None:
+    """The metrics of the run that logged a model (None when it has none, e.g. a model folder)."""
+    if not run_id:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(mlflow.tracking.MlflowClient().get_run(run_id).data.metrics)
+    except MlflowException:
+        return None
+
+
+def load_scorer(model: str, runtime: str = "auto", precision: str = CHECKED, endpoint: str | None = None,
                 image_size: int | None = None, timeout: float = 120.0,
                 notes: Callable[[str], None] = note) -> Scorer:
-    """A scorer for ``--model``/``--endpoint``: the fastest installed runtime unless one is named."""
+    """A scorer for ``--model``/``--endpoint``: the fastest installed runtime unless one is named;
+    precision "checked" is bfloat16 only where the detector's own runtime check allows it."""
     if runtime not in RUNTIME_CHOICES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {runtime!r}")
+    if precision not in PRECISION_CHOICES:
+        raise UserError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
     if endpoint:
         from medfake.inference import serving
 
@@ -159,7 +198,10 @@ def load_scorer(model: str, runtime: str = "auto", precision: str = "float32", e
                 keras_model = rt.load_keras_file(Path(location))
             except (OSError, ValueError) as exc:
                 raise UserError(f"--model {location}: not a loadable Keras model ({' '.join(str(exc).split())[:160]})") from None
-            return _keras_scorer(keras_model, None, runtime, precision, image_size, notes)
+            return _keras_scorer(keras_model, None, None, runtime, precision, image_size, notes)
+        if precision == CHECKED:
+            precision, why = checked_precision(None, rt.runtime_of_path(Path(location)))
+            notes(f"precision {precision}: {why}")
         loaded = rt.load_runtime(location, runtime=runtime, precision=precision)
         return Scorer(loaded.name, loaded.predict, image_size or _file_input_size(loaded))
     info = mlflow_model_info(location)
@@ -177,11 +219,11 @@ def load_scorer(model: str, runtime: str = "auto", precision: str = "float32", e
     import medfake.models.detector  # noqa: F401 - registers the detector's own layers for loading
     # compile=False: scoring needs no optimizer (and Keras would warn that it skips its variables)
     keras_model = mlflow.keras.load_model(location, load_model_kwargs={"compile": False})
-    return _keras_scorer(keras_model, info.model_uuid, runtime, precision, image_size, notes)
+    return _keras_scorer(keras_model, info.model_uuid, _run_metrics(info.run_id), runtime, precision, image_size, notes)
 
 
-def _keras_scorer(keras_model, model_uuid: str | None, runtime: str, precision: str, image_size: int | None,
-                  notes: Callable[[str], None]) -> Scorer:
+def _keras_scorer(keras_model, model_uuid: str | None, metrics: dict[str, float] | None, runtime: str, precision: str,
+                  image_size: int | None, notes: Callable[[str], None]) -> Scorer:
     """A Keras detector on the chosen runtime ("auto": the fastest installed), exported when needed.
 
     An export the runtime cannot take (tf2onnx without a converter for an op, a graph OpenVINO
@@ -191,6 +233,9 @@ def _keras_scorer(keras_model, model_uuid: str | None, runtime: str, precision: 
 
     size = image_size or int(keras_model.input_shape[1])
     chosen = rt.available_runtimes()[0] if runtime == "auto" else runtime
+    why = None  # with precision "checked": the reason for the precision chosen, said once it runs
+    if precision == CHECKED:
+        precision, why = checked_precision(metrics, chosen, rt.openvino_has_bfloat16())
     if chosen != "keras":
         rt.check_options(chosen, precision)  # not installed, or a precision it lacks: the user's to fix
         try:
@@ -199,9 +244,15 @@ def _keras_scorer(keras_model, model_uuid: str | None, runtime: str, precision: 
             else:  # a local .keras file: export, load into memory, drop the files
                 with tempfile.TemporaryDirectory(prefix="medfake-export-", ignore_cleanup_errors=True) as folder:
                     loaded = rt.load_runtime(_export(keras_model, Path(folder), chosen), precision=precision)
+            if why:
+                notes(f"precision {precision}: {why}")
             return Scorer(loaded.name, loaded.predict, size)
         except Exception as exc:  # noqa: BLE001 - any converter/runtime failure: Keras scores the same
             reason = " ".join(str(exc).split())[:160] or type(exc).__name__
             notes(f"runtime {chosen} cannot run this model ({reason}); scoring with keras instead")
+            if why:
+                precision, why = checked_precision(metrics, "keras")
     loaded = rt.load_runtime(keras_model, runtime="keras", precision=precision)
+    if why:
+        notes(f"precision {precision}: {why}")
     return Scorer(loaded.name, loaded.predict, size)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from medfake.core.errors import DICOMError, UserError
-from medfake.inference.loading import (DEFAULT_MODEL, RUNTIME_CHOICES, Scorer, load_scorer, mlflow_model_info, note,
+from medfake.inference.loading import (CHECKED, DEFAULT_MODEL, PRECISION_CHOICES, RUNTIME_CHOICES, Scorer, load_scorer, mlflow_model_info, note,
                                        resolve_model, size_from_signature)
 from medfake.inference.scan_explain import METHOD_HELP, explain_ranges, explainer_for
 from medfake.inference.scan_output import format_report, log_to_mlflow, write_plots
@@ -232,8 +232,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score through a running `mlflow models serve` at URL instead of loading --model")
     parser.add_argument("--runtime", default="auto", choices=RUNTIME_CHOICES,
                         help="inference runtime (default auto: the fastest installed — openvino, onnx, then keras)")
-    parser.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="inference precision (default float32: scores equal Keras's within 1e-3; auto = the runtime's fastest)")
+    parser.add_argument("--precision", default=CHECKED, choices=PRECISION_CHOICES,
+                        help="inference precision (default checked: bfloat16 only where the detector's train run measured "
+                             "max |Δp| ≤ 0.01 against Keras float32 on its test slices, else float32; "
+                             "auto = the runtime's fastest)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="P(fake) that flags a slice (default 0.5)")
     parser.add_argument("--min-slices", type=int, default=DEFAULT_MIN_SLICES,
                         help="consecutive flagged slices that make a series suspicious (default 2)")

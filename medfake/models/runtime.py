@@ -64,6 +64,14 @@ def available_runtimes() -> list[str]:
     return [name for name in AUTO_ORDER if importlib.util.find_spec(RUNTIMES[name][0]) is not None]
 
 
+def openvino_has_bfloat16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bfloat16 here (AVX512_BF16 or AMX: "BF16" among its
+    OPTIMIZATION_CAPABILITIES); elsewhere a bfloat16 hint silently runs float32."""
+    if importlib.util.find_spec(RUNTIMES["openvino"][0]) is None:
+        return False
+    return "BF16" in require("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def require(runtime: str):
     """The runtime's Python module; UserError naming the extra when it is not installed."""
     module_name = RUNTIMES[runtime][0]
@@ -189,7 +197,7 @@ def _quiet_converters() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _runtime_of_path(path: Path) -> str:
+def runtime_of_path(path: Path) -> str:
     for name, (_, suffix) in RUNTIMES.items():
         if path.suffix.lower() == suffix:
             return name
@@ -212,7 +220,7 @@ def load_runtime(path_or_model, runtime: str = "auto", precision: str = "auto", 
         path = Path(path_or_model)
         if not path.exists():
             raise UserError(f"model file {path} does not exist")
-        file_runtime = _runtime_of_path(path)
+        file_runtime = runtime_of_path(path)
         if runtime == "auto" or runtime == file_runtime:
             return _LOADERS[file_runtime](path, precision, jit_compile)
         if file_runtime != "keras":

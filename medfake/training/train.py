@@ -27,6 +27,7 @@ from medfake.training.scan_level import evaluate_scans
 from medfake.training.localisation import log_localisation
 from medfake.training.model_logging import efficiency_metrics, latency, log_dataset_input, log_detector_model
 from medfake.training.run_note import log_run_note
+from medfake.training.runtime_check import log_runtime_deltas
 
 
 CHECKPOINT_ROOT = Path(".medfake") / "checkpoints"
@@ -303,6 +304,9 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
     evaluation = _evaluate(plan, dataset, score_fn, artifacts, embed_fn)
     if cfg.eval.explain:  # issue 13: the maps' localisation beside the test metrics
         evaluation["localisation"] = log_localisation(model, dataset, cfg, "test")
+    # issue 17: how far each fast runtime/precision moves this detector's test scores (scan reads it)
+    if cfg.eval.runtime_check:
+        evaluation["runtime_deltas"] = log_runtime_deltas(model, dataset.split("test")[0], batch)
     mean_ms, std_ms = latency(model.predict_on_batch, example, cfg.eval.latency_steps)
     states = [s for s in result["states"] if s is not None]
     efficiency = efficiency_metrics(det.count_params_m(model), mean_ms, std_ms, len(example)) | result["timings"]

@@ -128,3 +128,41 @@ def test_bad_inputs_say_what_is_wrong():
         verdict.scan_level([True, False], [True])
     with pytest.raises(ValueError, match=r"^tampered \(2\) and max_scores \(3\) differ in length$"):
         verdict.scan_level([True, False], [True, False], max_scores=[0.1, 0.2, 0.3])
+
+
+# -- scan's default precision ("checked", issue 17) ----------------------------------------------
+@pytest.mark.parametrize(
+    "metrics, runtime, expected",
+    [
+        ({"max_abs_dp/openvino-bfloat16": 0.01}, "openvino", "bfloat16"),      # at the tolerance: allowed (≤)
+        ({"max_abs_dp/openvino-bfloat16": 0.0100001}, "openvino", "float32"),  # a hair over: not
+        ({"max_abs_dp/openvino-bfloat16": 0.002}, "keras", "float32"),          # another runtime's check does not count
+        ({"max_abs_dp/keras-bfloat16": 0.002}, "keras", "bfloat16"),
+        ({"max_abs_dp/openvino-float32": 1e-6}, "openvino", "float32"),         # no bfloat16 check recorded
+        ({"max_abs_dp/onnx-bfloat16": 0.0}, "onnx", "float32"),                 # onnx runs float32 only
+        (None, "openvino", "float32"),                                          # a model file: no train run
+    ],
+)
+def test_reduced_precision_only_where_the_detectors_own_check_is_within_0_01(metrics, runtime, expected):
+    from medfake.core.contract import REDUCED_PRECISION_TOLERANCE
+    from medfake.inference.loading import checked_precision
+
+    assert REDUCED_PRECISION_TOLERANCE == 0.01
+    precision, why = checked_precision(metrics, runtime)
+    assert precision == expected and why and "\n" not in why
+    # a CPU without bfloat16 runs OpenVINO in float32 whatever the check said
+    assert checked_precision(metrics, runtime, bfloat16_here=False)[0] == ("float32" if runtime == "openvino" else expected)
+
+
+def test_the_checked_reason_names_the_figure_and_the_tolerance():
+    from medfake.inference.loading import checked_precision
+
+    assert checked_precision({"max_abs_dp/openvino-bfloat16": 0.0031}, "openvino") == (
+        "bfloat16", "max_abs_dp/openvino-bfloat16 = 3.1e-03 ≤ 0.01 on this detector's test slices")
+    assert checked_precision({"max_abs_dp/openvino-bfloat16": 0.034}, "openvino") == (
+        "float32", "max_abs_dp/openvino-bfloat16 = 3.4e-02 > 0.01 on this detector's test slices")
+    assert checked_precision({}, "openvino") == (
+        "float32", "no max_abs_dp/openvino-bfloat16 recorded by this detector's train run")
+    parser = argparse.ArgumentParser()
+    scan.add_arguments(parser)
+    assert {a.dest: a.default for a in parser._actions}["precision"] == "checked"

@@ -21,7 +21,7 @@ BACKBONE = "DenseNet121"
 RUNTIMES = ("auto", "keras", "onnx", "openvino")
 OPTIMIZER_WARNING = "Skipping variable loading for optimizer"
 # one epoch each phase: the tests check the runtimes agree, not that the detector is good
-FAST = [*TINY, "train.phase1_epochs=1", "train.phase2_epochs=1"]
+FAST = [*TINY, "train.phase1_epochs=1", "train.phase2_epochs=1", "eval.runtime_check=true"]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,15 @@ def test_every_runtime_scans_and_agrees_with_keras_float32(trained, series_folde
     import mlflow
 
     run_id = trained[precision]
-    assert mlflow.get_run(run_id).data.params["precision_used"] == precision
+    logged = mlflow.get_run(run_id).data
+    assert logged.params["precision_used"] == precision
+    # the train step measured every fast way to run it on its test slices (issue 17)
+    deltas = {k: v for k, v in logged.metrics.items() if k.startswith("max_abs_dp/")}
+    from medfake.models.runtime import openvino_has_bfloat16
+
+    bf16 = {"max_abs_dp/openvino-bfloat16"} if openvino_has_bfloat16() else set()  # else OpenVINO runs f32 only
+    assert set(deltas) == {"max_abs_dp/keras-bfloat16", "max_abs_dp/openvino-float32"} | bf16
+    assert deltas["max_abs_dp/openvino-float32"] <= 1e-4 and 0 < deltas["max_abs_dp/keras-bfloat16"] < 1
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -117,11 +125,26 @@ def test_cli_default_runtime_scans_a_bfloat16_detector_without_warnings(trained,
     """The issue's crash: a bfloat16 detector, `medfake scan` with the default runtime."""
     from medfake.cli import main
 
+    import mlflow
+
     assert main(["scan", str(series_folder), "--model", trained["bfloat16"], "--json", "-", "--quiet"]) == 0
     out, err = capfd.readouterr()
     report = json.loads(out)
-    assert report["runtime"] == "openvino-float32" and report["series"][0]["slices_scored"] == 12
-    assert "Traceback" not in err and OPTIMIZER_WARNING not in err and "note:" not in err
+    from medfake.models.runtime import openvino_has_bfloat16
+
+    # the default precision follows the detector's own check: bfloat16 only where its |Δp| ≤ 0.01
+    assert "Traceback" not in err and OPTIMIZER_WARNING not in err
+    notes = [line for line in err.splitlines() if "note:" in line]
+    if not openvino_has_bfloat16():
+        assert report["runtime"] == "openvino-float32"
+        assert notes == ["medfake scan: note: precision float32: this CPU has no bfloat16 (OpenVINO lists no BF16 capability)"]
+    else:
+        delta = mlflow.get_run(trained["bfloat16"]).data.metrics["max_abs_dp/openvino-bfloat16"]
+        expected = "bfloat16" if delta <= 0.01 else "float32"
+        assert report["runtime"] == f"openvino-{expected}"
+        assert notes == [f"medfake scan: note: precision {expected}: max_abs_dp/openvino-bfloat16 = {delta:.1e} "
+                         f"{'≤' if expected == 'bfloat16' else '>'} 0.01 on this detector's test slices"]
+    assert report["series"][0]["slices_scored"] == 12
 
 
 def test_runtime_that_cannot_take_the_model_falls_back_to_keras_with_one_note(tmp_path, series_folder, capfd):
@@ -141,11 +164,13 @@ def test_runtime_that_cannot_take_the_model_falls_back_to_keras_with_one_note(tm
     notes: list[str] = []
     scorer = loading.load_scorer(str(path), runtime="onnx", notes=notes.append)
     assert scorer.name == "keras-float32" and scorer.input_size == SIZE
-    assert len(notes) == 1 and notes[0].startswith("runtime onnx cannot run this model") and "keras" in notes[0]
+    assert len(notes) == 2 and notes[0].startswith("runtime onnx cannot run this model") and "keras" in notes[0]
+    assert notes[1] == "precision float32: no runtime check is recorded for a model file (a train run logs one)"
     assert main(["scan", str(series_folder), "--model", str(path), "--runtime", "onnx", "--json", "-", "--quiet"]) == 0
     out, err = capfd.readouterr()
     assert json.loads(out)["runtime"] == "keras-float32"
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err
     assert [line for line in lines if line.startswith("medfake scan: note: runtime onnx")] and \
-        sum("medfake scan: note:" in line for line in lines) == 1
+        sum("medfake scan: note: runtime" in line for line in lines) == 1
+    assert "medfake scan: note: precision float32: no runtime check is recorded for a model file (a train run logs one)" in lines
