@@ -181,9 +181,7 @@ def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, pro
                 file_number = int(row.slice) + offset
                 try:
                     position = series.index_of_file_number(file_number)
-                except (KeyError, ValueError, IndexError):
-                    continue
-                if position is None:
+                except KeyError:  # beyond the scan's ends (or a missing file): clipped, never shifted
                     continue
                 ident = (key, position)
                 if ident in target and abs(offset) >= abs(int(target[ident].provenance.rsplit(" ", 1)[-1])):
