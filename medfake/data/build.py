@@ -156,7 +156,7 @@ def load_dataset(cfg_or_dir: Config | Path, digest: str | None = None) -> Datase
     return Dataset(path, info["digest"], manifest, info)
 
 
-def _ctgan_candidates(cfg: Config, inputs: Inputs, rng: np.random.Generator, progress: bool):
+def _ctgan_candidates(cfg: Config, inputs: Inputs, progress: bool):
     from tqdm import tqdm
 
     labels = ctgan.read_labels(inputs.ctgan_root)  # every label's uuid names a scan folder (its own check)
@@ -331,7 +331,7 @@ def _without_shared_patients(fakes: list[Candidate], negatives: list[Candidate],
 def select_slices(cfg: Config, inputs: Inputs, progress: bool = True):
     """All slices of the dataset (fakes then negatives) and the series they come from."""
     rng = np.random.default_rng(cfg.data.seed)
-    series, fakes, negatives = _ctgan_candidates(cfg, inputs, rng, progress)
+    series, fakes, negatives = _ctgan_candidates(cfg, inputs, progress)
     if cfg.data.split == "by_experiment":
         fakes, negatives = _without_shared_patients(fakes, negatives, inputs.problems)
     if not fakes:

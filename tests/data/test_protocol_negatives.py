@@ -48,6 +48,7 @@ def test_matched_negatives_are_one_per_fake_from_untampered_windows_drawn_by_the
     drawn = np.sort(np.random.default_rng(3).choice(len(pool), size=11, replace=False))
     assert [c.slice for c in negatives] == [pool[i] for i in drawn]  # without replacement, sorted
     assert {c.label_type for c in negatives} <= {"TB", "TM"} and set(series) == {"ctgan/EXP1/1001"}
+    assert {(c.x, c.y, c.radius) for c in negatives} == {("", "", "")}  # tamper positions are for fakes only
     for c in negatives:
         kind = "TB" if c.slice <= 35 else "TM"
         centre = 30 if kind == "TB" else 50
