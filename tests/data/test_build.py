@@ -103,3 +103,31 @@ def test_the_build_freezes_earlier_objects_for_the_garbage_collector_and_puts_th
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("fails", ["decode", "write"])
+def test_a_failure_while_writing_images_leaves_no_dataset_and_no_temporary_folder(phantom_root, tmp_path, monkeypatch,
+                                                                                  fails):
+    """The images are decoded on the main thread and written by another: a failure on either side
+    stops the build with the error, and nothing half-written remains."""
+    from medfake.data import images
+    from medfake.data.build import cache_path, dataset_digest, resolve_inputs
+    from medfake.io.series import DICOMSeries
+
+    cfg = load_config("paper", [*TINY[:4], "data.image_size=64", f"data.phantom.root={phantom_root}",
+                                f"data.cache_dir={tmp_path / 'cache'}"])
+    calls = {"n": 0}
+    target, name = (DICOMSeries, "read_hu_int16") if fails == "decode" else (images.ImageFile, "write")
+    real = getattr(target, name)
+
+    def fail_on_the_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(f"{fails} failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, fail_on_the_third)
+    with pytest.raises(OSError, match=f"{fails} failed"):
+        build(cfg, progress=False)
+    final = cache_path(cfg, dataset_digest(cfg, resolve_inputs(cfg, progress=False)))
+    assert not final.exists() and not list(final.parent.glob(".*.tmp-*"))

@@ -83,12 +83,12 @@ def test_same_inputs_reuse_the_cache_and_the_run(phantom_root, tracking_store, c
 def test_interrupted_build_leaves_no_cache_and_a_failed_run(phantom_root, tracking_store, monkeypatch):
     import mlflow
 
-    from medfake.data import build
+    from medfake.data import images
     from medfake.data.preprocess import cache_path, dataset_digest, preprocess, resolve_inputs
 
     cfg = config(phantom_root, "data.seed=5")
     calls = {"n": 0}
-    real_resize = build.resize
+    real_resize = images.resize  # 64² phantom slices stored at 32²: every slice is resized
 
     def resize_then_fail(image, size):
         calls["n"] += 1
@@ -96,7 +96,7 @@ def test_interrupted_build_leaves_no_cache_and_a_failed_run(phantom_root, tracki
             raise OSError("disk full")
         return real_resize(image, size)
 
-    monkeypatch.setattr(build, "resize", resize_then_fail)
+    monkeypatch.setattr(images, "resize", resize_then_fail)
     with pytest.raises(OSError):
         preprocess(cfg, progress=False)
     digest = dataset_digest(cfg, resolve_inputs(cfg, progress=False))
