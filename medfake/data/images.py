@@ -11,6 +11,8 @@ decoded.
 
 from __future__ import annotations
 
+import os
+
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -52,6 +54,10 @@ class ImageFile:
     def close(self) -> None:
         try:
             self.handle.truncate(self.size)  # every row is written; this only guards the length
+            # on disk before the cache folder is renamed into place: a crash must not leave a
+            # complete-looking dataset with missing images (the memmap's msync did this before)
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
         finally:
             self.handle.close()
 
