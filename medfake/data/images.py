@@ -12,7 +12,6 @@ decoded.
 from __future__ import annotations
 
 import os
-
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
