@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
 from medfake import cli
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    return tmp_path
 
 
 def _train_like_run(model: str, deltas: dict[str, float], auc: float) -> str:
@@ -30,11 +17,11 @@ def _train_like_run(model: str, deltas: dict[str, float], auc: float) -> str:
     return run.info.run_id
 
 
-def test_the_table_says_which_detectors_scan_runs_in_bfloat16(store, capsys):
+def test_the_table_says_which_detectors_scan_runs_in_bfloat16(tracking_store, tmp_path):
     ok = _train_like_run("Xception", {"keras-bfloat16": 0.004, "openvino-float32": 2e-6, "openvino-bfloat16": 0.01}, 0.846)
     off = _train_like_run("VGG19", {"keras-bfloat16": 0.03, "openvino-float32": 3e-6, "openvino-bfloat16": 0.0101}, 0.61)
     none = _train_like_run("ResNet50V2", {"keras-bfloat16": 0.002, "openvino-float32": 1e-6}, 0.7)  # a CPU without bf16
-    report = store / "precision.md"
+    report = tmp_path / "precision.md"
     args = ["bench", "precision", "--models", "none", "--run", ok, "--run", off, "--run", none, "--report", str(report)]
     assert cli.main(args) == 0
     text = report.read_text()
@@ -45,11 +32,11 @@ def test_the_table_says_which_detectors_scan_runs_in_bfloat16(store, capsys):
     assert "synthetic CT phantom" in text
 
 
-def test_bad_options_are_one_line(store, capsys):
-    assert cli.main(["bench", "precision", "--models", "none", "--report", str(store / "r.md")]) == 2
-    assert cli.main(["bench", "precision", "--models", "none", "--run", "0" * 32, "--report", str(store / "r.md")]) == 2
-    assert cli.main(["bench", "precision", "--models", "LeNet", "--report", str(store / "r.md")]) == 2
+def test_bad_options_are_one_line(tracking_store, tmp_path, capsys):
+    assert cli.main(["bench", "precision", "--models", "none", "--report", str(tmp_path / "r.md")]) == 2
+    assert cli.main(["bench", "precision", "--models", "none", "--run", "0" * 32, "--report", str(tmp_path / "r.md")]) == 2
+    assert cli.main(["bench", "precision", "--models", "LeNet", "--report", str(tmp_path / "r.md")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "Traceback" not in "\n".join(err)
     assert "give at least one --run" in err[0] and "no such MLflow run" in err[1] and "unknown backbone 'LeNet'" in err[2]
-    assert not (store / "r.md").exists()
+    assert not (tmp_path / "r.md").exists()
