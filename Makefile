@@ -38,7 +38,11 @@ MUTANTS ?= 'medfake.training.metrics.*' 'medfake.training.verdict.*' \
 	'medfake.registry.promote.x_compare__*' 'medfake.registry.promote.x_metric_direction__*' \
 	'medfake.registry.promote.x_setup_digest__*' 'medfake.registry.promote.x_group_candidates__*' \
 	'medfake.registry.promote.x_default_floor__*' 'medfake.registry.promote.x_above_floor__*' \
-	'medfake.registry.promote.x*Group*'
+	'medfake.registry.promote.x*Group*' \
+	$(foreach f,to_input default_radius _numbers truth_from_manifest peaks _distance pointing_game \
+	  disc_energy disc_share _ranks spearman score_slices shuffled_chance randomisation_spearman \
+	  localisation_metrics occlusion_patch _sample,'medfake.training.localisation.x_$(f)__*') \
+	'medfake.inference.evaluate.x_check_fits__*' 'medfake.inference.evaluate.x_seen_scan_share__*'
 MUTATION_JOBS ?= 2
 
 mutation: $(STAMP)

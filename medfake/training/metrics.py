@@ -8,7 +8,6 @@ are programming errors here, so they raise ``ValueError``, not ``UserError``.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 import warnings
@@ -243,9 +242,6 @@ def bootstrap_ci(
         return metrics_from_indices(labels, scores, np.concatenate(parts, axis=-1), threshold)
 
     point = statistic(*strata)
-    options = {"rng": np.random.default_rng(seed)}
-    if "rng" not in inspect.signature(bootstrap).parameters:  # scipy < 1.15
-        options = {"random_state": np.random.default_rng(seed)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate/NaN distributions are handled below
         result = bootstrap(
@@ -256,7 +252,7 @@ def bootstrap_ci(
             vectorized=True,
             confidence_level=level,
             method=method,
-            **options,
+            rng=np.random.default_rng(seed),
         )
         low = np.asarray(result.confidence_interval.low, dtype=np.float64)
         high = np.asarray(result.confidence_interval.high, dtype=np.float64)

@@ -123,6 +123,7 @@ def test_localisation_key_refuses_unknown_names():
         localisation_key("test", "lime", "energy")
 
 
+@pytest.mark.slow
 def test_the_train_hook_logs_the_test_split_metrics(tracking_store, tmp_path):
     import mlflow
     from tiny_data import tiny_dataset

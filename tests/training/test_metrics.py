@@ -291,3 +291,86 @@ def test_bootstrap_ci_with_a_one_slice_class():
     assert ci["specificity"][0] <= 0.8 <= ci["specificity"][1]
     single = bootstrap_ci(np.array([1]), np.array([0.7]), n_resamples=10)
     assert single["recall"] == (1.0, 1.0) and np.isnan(single["auc"][0])
+
+
+def _scipy_bootstrap(labels, scores, threshold, n_resamples, level, seed, method):
+    """The CI rule written out against scipy directly: fakes and reals resampled as two independent
+    samples (fakes first), one batch, the given seed; scipy's NaN bounds replaced by the
+    NaN-ignoring percentile interval of the same bootstrap distribution."""
+    from scipy.stats import bootstrap
+
+    strata = [np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)]
+
+    def statistic(fakes, reals, axis=-1):
+        leading = np.broadcast_shapes(fakes.shape[:-1], reals.shape[:-1])
+        both = [np.broadcast_to(part, (*leading, part.shape[-1])) for part in (fakes, reals)]
+        return metrics.metrics_from_indices(labels, scores, np.concatenate(both, axis=-1), threshold)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = bootstrap(strata, statistic, n_resamples=n_resamples, vectorized=True, confidence_level=level,
+                           method=method, rng=np.random.default_rng(seed))
+    alpha = (1 - level) / 2
+    fallback = np.nanquantile(result.bootstrap_distribution, [alpha, 1 - alpha], axis=-1)
+    low, high = result.confidence_interval
+    raw = {name: (low[row], high[row]) for row, name in enumerate(metrics.METRICS)}
+    fixed = {name: (fallback[0, row] if np.isnan(low[row]) else low[row],
+                    fallback[1, row] if np.isnan(high[row]) else high[row])
+             for row, name in enumerate(metrics.METRICS)}
+    return raw, fixed
+
+
+def test_bootstrap_ci_defaults_are_1000_percentile_resamples_at_95_percent_seed_0_threshold_half():
+    labels, scores = synthetic_scores(60, seed=21)
+    _, expected = _scipy_bootstrap(labels, scores, 0.5, 1000, 0.95, 0, "percentile")
+    got = metrics.bootstrap_ci(labels, scores)
+    for name in metrics.METRICS:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_bootstrap_ci_uses_its_threshold_level_and_seed():
+    labels, scores = synthetic_scores(80, seed=22)
+    got = metrics.bootstrap_ci(labels, scores, threshold=0.3, n_resamples=300, level=0.8, seed=7)
+    _, expected = _scipy_bootstrap(labels, scores, 0.3, 300, 0.8, 7, "percentile")
+    _, at_half = _scipy_bootstrap(labels, scores, 0.5, 300, 0.8, 7, "percentile")
+    assert got["recall"] != at_half["recall"]  # the threshold matters on these scores
+    for name in metrics.METRICS:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_bca_falls_back_to_the_percentile_interval_where_it_is_undefined():
+    # 3 fakes, 6 reals (found by search): some resamples predict no slice fake, so precision is
+    # 0 there and 1 elsewhere; scipy's BCa interval for precision is NaN (its bias term is
+    # infinite), and the fallback is the 2.5 % / 97.5 % quantiles of the same distribution.
+    rng = np.random.default_rng(49)
+    fakes, reals = int(rng.integers(3, 12)), int(rng.integers(3, 12))
+    labels = np.r_[np.ones(fakes, int), np.zeros(reals, int)]
+    scores = np.clip(rng.normal(0.5 + 0.25 * (labels * 2 - 1) * rng.uniform(0, 1.5), 0.2), 0, 1)
+    raw, expected = _scipy_bootstrap(labels, scores, 0.5, 200, 0.95, 0, "BCa")
+    assert (fakes, reals) == (3, 6) and np.isnan(raw["precision"][0])
+    got = metrics.bootstrap_ci(labels, scores, n_resamples=200, method="BCa")
+    assert got["precision"] == (0.0, 1.0)
+    for name in metrics.METRICS:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+    narrow = metrics.bootstrap_ci(labels, scores, n_resamples=200, level=0.5, method="BCa")
+    _, expected_narrow = _scipy_bootstrap(labels, scores, 0.5, 200, 0.5, 0, "BCa")
+    assert narrow["precision"] == pytest.approx(expected_narrow["precision"], abs=1e-12)
+
+
+@pytest.mark.parametrize("n_resamples, level", [(0, 0.95), (-3, 0.95), (100, 0.0), (100, 1.0), (100, -0.5), (100, 1.5)])
+def test_bootstrap_ci_rejects_impossible_settings(n_resamples, level):
+    labels, scores = synthetic_scores(40, seed=23)
+    with pytest.raises(ValueError, match=rf"need n_resamples >= 1 and 0 < level < 1, got {n_resamples}, {level}"):
+        metrics.bootstrap_ci(labels, scores, n_resamples=n_resamples, level=level)
+
+
+def test_bootstrap_ci_accepts_one_resample_and_levels_near_the_bounds():
+    labels, scores = synthetic_scores(40, seed=24)
+    one = metrics.bootstrap_ci(labels, scores, n_resamples=1)
+    assert all(low == high for low, high in one.values())
+    for level in (0.01, 0.99):
+        _, expected = _scipy_bootstrap(labels, scores, 0.5, 50, level, 0, "percentile")
+        got = metrics.bootstrap_ci(labels, scores, n_resamples=50, level=level)
+        assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
