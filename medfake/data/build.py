@@ -4,14 +4,13 @@ Fakes are the FB/FM-labelled CT-GAN slices ± ``slice_radius`` (the study's rule
 takes in untampered neighbours: on the phantom the label noise is measured). Negatives are random
 LIDC-IDRI slices (the study) or matched ones: untampered TB/TM-labelled slices ± radius of the same
 CT-GAN scans, topped up from LIDC at matching relative z. Only the slices selected are decoded.
-The output folder is named by the dataset digest and appears only when complete.
+The output folder is named by the dataset digest (``medfake.data.cache``) and appears only when complete.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import pandas as pd
 from medfake.core.config import Config, data_root
 from medfake.core.errors import UserError
 from medfake.data import ctgan, lidc
+from medfake.data.cache import cache_path, dataset_digest, load_dataset
 from medfake.data.images import write_images
 from medfake.data.phantom import ensure_phantom
 from medfake.data.splits import TEST_EXPERIMENT, TRAIN_EXPERIMENT, assign_splits
@@ -70,26 +70,6 @@ class Inputs:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Dataset:
-    """A built dataset: int16 HU slices (memory-mapped) and the manifest."""
-
-    path: Path
-    digest: str
-    manifest: pd.DataFrame
-    info: dict
-
-    @property
-    def images(self) -> np.ndarray:
-        return np.load(self.path / "images.npy", mmap_mode="r")
-
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-        """(HU images float32 (n,S,S,1), labels (n,), manifest rows) of one split."""
-        rows = self.manifest[self.manifest["split"] == name]
-        images = np.asarray(self.images[rows["row"].to_numpy()], dtype=np.float32)[..., None]
-        return images, rows["label"].to_numpy(dtype=np.int64), rows.reset_index(drop=True)
-
-
 def resolve_inputs(cfg: Config, progress: bool = True) -> Inputs:
     """The CT-GAN and LIDC roots of the config; the phantom is written first when needed."""
     data = cfg.data
@@ -104,56 +84,6 @@ def resolve_inputs(cfg: Config, progress: bool = True) -> Inputs:
     needs_lidc = data.negatives == "lidc_random" or data.lidc_root or os.environ.get("MEDFAKE_LIDC_ROOT")
     lidc = data_root(data.lidc_root, "data.lidc_root", "MEDFAKE_LIDC_ROOT") if needs_lidc else None
     return Inputs(ctgan, lidc)
-
-
-def _listing_hash(root: Path, hasher) -> None:
-    """Relative path and size of every file under root (cheap: no file is opened)."""
-    entries = []
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            full = os.path.join(folder, name)
-            entries.append(f"{os.path.relpath(full, root)}\t{os.path.getsize(full)}")
-    for entry in sorted(entries):
-        hasher.update(entry.encode())
-        hasher.update(b"\n")
-
-
-def dataset_digest(cfg: Config, inputs: Inputs) -> str:
-    """Hash of the data config and the inputs' file listings and label files."""
-    data = cfg.to_dict()["data"]
-    data.pop("cache_dir")
-    data.pop("window")  # applied inside the detector, not to the stored HU slices
-    if data["source"] == "real":
-        data.pop("phantom")
-    data.pop("ctgan_root")
-    data.pop("lidc_root")
-    if data["split"] != "random":
-        # scan-grouped splits no longer depend on the per-checkout salt: caches built before differ
-        data["scan_order"] = "first-appearance"
-    h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
-    for csv in sorted(inputs.ctgan_root.rglob("labels_exp*.csv")):
-        h.update(csv.read_bytes())
-    _listing_hash(inputs.ctgan_root, h)
-    if inputs.phantom_root is not None and (inputs.phantom_root / "phantom.json").is_file():
-        h.update((inputs.phantom_root / "phantom.json").read_bytes())  # same files, other generator: other data
-    if inputs.lidc_root is not None:
-        _listing_hash(inputs.lidc_root, h)
-    return h.hexdigest()[:16]
-
-
-def cache_path(cfg: Config, digest: str) -> Path:
-    return Path(cfg.data.cache_dir) / digest
-
-
-def load_dataset(cfg_or_dir: Config | Path, digest: str | None = None) -> Dataset:
-    """Open a complete cached dataset by config + digest or by its folder."""
-    path = cache_path(cfg_or_dir, digest) if isinstance(cfg_or_dir, Config) else Path(cfg_or_dir)
-    info_file = path / "dataset.json"
-    if not info_file.is_file():
-        raise UserError(f"no complete dataset at {path} (run `medfake preprocess` first)")
-    info = json.loads(info_file.read_text())
-    manifest = pd.read_csv(path / "manifest.csv", dtype={"scan_id": str, "truly_tampered": str}, keep_default_na=False)
-    return Dataset(path, info["digest"], manifest, info)
 
 
 def _ctgan_candidates(cfg: Config, inputs: Inputs, progress: bool):

@@ -19,9 +19,8 @@ import numpy as np
 from medfake.core import tracking
 from medfake.core.config import Config, add_config_arguments, config_from_args
 from medfake.core.plots import montage
-from medfake.data.build import (  # noqa: F401 - Inputs, cache_path: importable from the step, as before
-    SPLITS, Dataset, Inputs, build, cache_path, dataset_digest, label_noise, load_dataset, resolve_inputs,
-)
+from medfake.data.build import SPLITS, Inputs, build, label_noise, resolve_inputs  # noqa: F401 - Inputs: importable from the step
+from medfake.data.cache import Dataset, cache_path, dataset_digest, load_dataset  # noqa: F401 - the step's API
 from medfake.io.transforms import window_uint8
 
 

@@ -148,7 +148,7 @@ def section(frame, selection, figures: Path, scratch: Path, params: dict,
     """
     import pandas as pd
 
-    from medfake.data.build import load_dataset
+    from medfake.data.cache import load_dataset
 
     table = table_markdown(frame)
     if table is None:

@@ -27,7 +27,7 @@ from medfake.core import contract
 from medfake.core import plots as figures
 from medfake.core.config import Config
 from medfake.core.errors import UserError
-from medfake.data.build import Dataset
+from medfake.data.cache import Dataset
 from medfake.training import embeddings as emb
 from medfake.training import metrics as mt
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medfake.data.build import Dataset
+from medfake.data.cache import Dataset
 
 
 def latency(predict_fn, batch: np.ndarray, steps: int) -> tuple[float, float]:

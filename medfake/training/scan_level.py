@@ -23,7 +23,8 @@ from medfake.core import contract
 from medfake.core.config import Config
 from medfake.core.errors import DICOMError, UserError
 from medfake.data import ctgan, lidc
-from medfake.data.build import Dataset, resolve_inputs
+from medfake.data.build import resolve_inputs
+from medfake.data.cache import Dataset
 from medfake.io.privacy import deidentify
 from medfake.io.transforms import resize
 from medfake.training import verdict

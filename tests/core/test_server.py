@@ -83,7 +83,7 @@ def test_train_promote_scan_through_the_server(team_server, tmp_path, monkeypatc
     from mlflow.tracking import MlflowClient
 
     from medfake.cli import main
-    from medfake.data.build import cache_path
+    from medfake.data.cache import cache_path
     from medfake.data.phantom import write_phantom
 
     running, state = team_server

@@ -111,7 +111,8 @@ def test_a_failure_while_writing_images_leaves_no_dataset_and_no_temporary_folde
     """The images are decoded on the main thread and written by another: a failure on either side
     stops the build with the error, and nothing half-written remains."""
     from medfake.data import images
-    from medfake.data.build import cache_path, dataset_digest, resolve_inputs
+    from medfake.data.build import resolve_inputs
+    from medfake.data.cache import cache_path, dataset_digest
     from medfake.io.series import DICOMSeries
 
     cfg = load_config("paper", [*TINY[:4], "data.image_size=64", f"data.phantom.root={phantom_root}",

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from tiny_data import tiny_dataset
 
-from medfake.data.build import load_dataset
+from medfake.data.cache import load_dataset
 from medfake.study import localisation_report as lr
 from medfake.study.report import _download
 
