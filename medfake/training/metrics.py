@@ -254,13 +254,8 @@ def bootstrap_ci(
             method=method,
             rng=np.random.default_rng(seed),
         )
-        low = np.asarray(result.confidence_interval.low, dtype=np.float64)
-        high = np.asarray(result.confidence_interval.high, dtype=np.float64)
-        distribution = result.bootstrap_distribution
-        percentile = np.nanquantile(distribution, [(1 - level) / 2, (1 + level) / 2], axis=-1)
-    undefined = np.isnan(low) | np.isnan(high)
-    low = np.where(undefined, percentile[0], low)
-    high = np.where(undefined, percentile[1], high)
+        low, high = _where_undefined_percentile(result.confidence_interval.low, result.confidence_interval.high,
+                                                result.bootstrap_distribution, level)
     intervals = {}
     for row, name in enumerate(METRICS):
         if np.isnan(point[row]):
@@ -268,6 +263,17 @@ def bootstrap_ci(
         else:
             intervals[name] = (float(low[row]), float(high[row]))
     return intervals
+
+
+def _where_undefined_percentile(low, high, distribution, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each metric's (low, high), replaced by the percentile interval of its bootstrap distribution
+    (NaN resamples ignored) where either bound is NaN: BCa's correction is undefined there."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an all-NaN row stays NaN
+        percentile = np.nanquantile(distribution, [(1 - level) / 2, (1 + level) / 2], axis=-1)
+    undefined = np.isnan(low) | np.isnan(high)
+    return np.where(undefined, percentile[0], low), np.where(undefined, percentile[1], high)
 
 
 # --------------------------------------------------------------------------- MLflow keys

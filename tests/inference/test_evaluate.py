@@ -119,16 +119,15 @@ def test_channel_and_size_mismatches_name_the_model_and_the_data():
 def test_seen_scan_share_counts_the_scored_scans_the_source_trained_or_validated_on(tmp_path):
     cfg = load_config("quickstart", [*TINY, f"data.cache_dir={tmp_path / 'cache'}"])
     source_data = tiny_dataset(cache_path(cfg, SOURCE_DIGEST), size=32)
-    learned = source_data.manifest
-    train_val = sorted(set(learned.loc[learned["split"].isin(("train", "val")), "scan_id"]))
-    test_only = sorted(set(learned.loc[learned["split"] == "test", "scan_id"]) - set(train_val))
-    assert train_val and test_only
-    rows = pd.DataFrame({"scan_id": [train_val[0], train_val[0], test_only[0], "other-scan"]})
+    scans = {split: sorted(set(part["scan_id"])) for split, part in source_data.manifest.groupby("split")}
+    train, val, test = scans["train"][0], scans["val"][0], scans["test"][0]
+    assert len({train, val, test}) == 3
+    rows = pd.DataFrame({"scan_id": [train, train, val, test, "other-scan"]})
     source = ev.Source("runs:/abc/model", "runs:/abc/model", "abc", SOURCE_DIGEST, "X", "0", None)
     target = second_dataset(cfg, TARGET_DIGEST)
-    # 1 of the 3 distinct scored scans was in the source's train/val split (its test scan is not "seen").
-    assert ev.seen_scan_share(source, target, cfg, rows) == pytest.approx(1 / 3)
-    assert ev.seen_scan_share(source, source_data, cfg, rows) == pytest.approx(1 / 3)  # same dataset: no reload
+    # 2 of the 4 distinct scored scans were in the source's train or val split (its test scan is not "seen").
+    assert ev.seen_scan_share(source, target, cfg, rows) == pytest.approx(2 / 4)
+    assert ev.seen_scan_share(source, source_data, cfg, rows) == pytest.approx(2 / 4)  # same dataset: no reload
     assert ev.seen_scan_share(source, target, cfg, rows.iloc[:0]) is None
     unknown = ev.Source("model.onnx", "model.onnx", None, None, "detector", None, None)
     assert ev.seen_scan_share(unknown, target, cfg, rows) is None
@@ -139,9 +138,10 @@ def test_seen_scan_share_counts_the_scored_scans_the_source_trained_or_validated
 def test_check_fits_accepts_a_matching_single_channel_model():
     square = ev.Source("runs:/abc/model", "runs:/abc/model", "abc", None, "X", None, (32, 32, 1))
     ev.check_fits(square, 64, 32, "q")  # the signature's size wins over the config's
-    loose = ev.Source("runs:/abc/model", "runs:/abc/model", "abc", None, "X", None, (None, None, 1))
-    ev.check_fits(loose, 32, 32, "q")
-    with pytest.raises(UserError, match=r"takes 64×64×1 slices but data q holds 32×32×1 slices \(set data.image_size=64"):
+    loose = ev.Source("runs:/abc/model", "runs:/abc/model", "abc", None, "X", None, (None, None, None))
+    ev.check_fits(loose, 32, 32, "q")  # an unnamed channel count is the one CT channel
+    with pytest.raises(UserError, match=r"takes 64×64×1 slices but data q holds 32×32×1 slices \(set "
+                                        r"data.image_size=64 or evaluate a detector trained at this size\)$"):
         ev.check_fits(loose, 64, 32, "q")
     no_channels = ev.Source("m", "m", None, None, "X", None, (None, None, 2))
     with pytest.raises(UserError, match=r"takes 2-channel input slices"):

@@ -148,3 +148,114 @@ def test_the_train_hook_logs_the_test_split_metrics(tracking_store, tmp_path):
     for method in ("cam", "occlusion"):
         assert 0.0 <= logged[f"test_{method}_hit_rate"] <= 1.0
         assert logged[f"test_{method}_hit_rate_chance"] == pytest.approx(metrics[f"test_{method}_hit_rate_chance"])
+
+
+def test_occlusion_patch_is_the_tampers_median_diameter_within_s_over_8_and_s():
+    assert loc.occlusion_patch(np.array([4.0, 6.0, 8.0, np.nan]), 64) == 12    # median r 6 → 12 pixels
+    assert loc.occlusion_patch(np.array([3.3]), 16) == 7                       # 6.6 rounds to 7, not down
+    assert loc.occlusion_patch(np.array([3.2, np.nan]), 16) == 6
+    assert loc.occlusion_patch(np.array([1.0]), 64) == 8                       # at least S/8: ≤ 64 passes
+    assert loc.occlusion_patch(np.array([np.nan]), 64) == 8                    # no radius known
+    assert loc.occlusion_patch(np.array([0.4]), 8) == 2                        # never below 2 pixels
+    assert loc.occlusion_patch(np.array([100.0]), 64) == 64                    # never above the slice
+
+
+def test_sample_keeps_every_slice_up_to_the_limit_and_a_seeded_sorted_draw_beyond():
+    assert loc._sample(5, None, 0).tolist() == [0, 1, 2, 3, 4]
+    assert loc._sample(5, 5, 0).tolist() == [0, 1, 2, 3, 4]
+    drawn = loc._sample(50, 6, 3)
+    expected = np.sort(np.random.default_rng(3).choice(50, 6, replace=False))
+    assert drawn.tolist() == expected.tolist() and len(set(drawn.tolist())) == 6
+    assert loc._sample(50, 6, 3).tolist() == drawn.tolist()
+    assert loc._sample(50, 6, 4).tolist() != drawn.tolist()
+    assert loc._sample(6, 5, 0).tolist() == np.sort(np.random.default_rng(0).choice(6, 5, replace=False)).tolist()
+
+
+def test_truth_reads_radius_labels_and_types_from_the_manifest_as_written():
+    rows = pd.DataFrame({"label": ["1", "0", "1"], "label_type": ["TB", "FM", "FB"], "x": ["3", "3", "n/a"],
+                         "y": ["4", "4", "5"], "radius": ["6", "2", ""]})
+    truth = loc.truth_from_manifest(rows, size=32, data_size=64)
+    assert truth.fake.tolist() == [True, False, True]        # the label decides, read from text too
+    assert truth.scored.tolist() == [True, False, False]      # "n/a" is no position, not an error
+    assert truth.radius.tolist() == pytest.approx([3.0, 1.0, loc.default_radius(32)])
+    assert truth.label_type.tolist() == ["TB", "FM", "FB"]
+    by_type = loc.truth_from_manifest(rows.drop(columns=["label"]), size=64)
+    assert by_type.fake.tolist() == [False, True, True]       # no label column: the tampered types are fake
+    untyped = loc.truth_from_manifest(rows.drop(columns=["label_type"]), size=64)
+    assert untyped.label_type.tolist() == ["", "", ""] and untyped.fake.tolist() == [True, False, True]
+
+
+def test_the_radius_is_inclusive_for_the_hit_the_energy_and_chance():
+    peak_two_away = _spot(5, 4, 2)[None]
+    centre, r = np.array([[2.0, 2.0]]), np.array([2.0])
+    assert loc.pointing_game(peak_two_away, centre, r).tolist() == [True]
+    assert loc.disc_share(centre, np.array([1.0]), 5)[0] == pytest.approx(5 / 25)   # the centre and its 4 neighbours
+    np.testing.assert_allclose(loc.disc_energy(np.ones((1, 5, 5)), centre, np.array([1.0])), [5 / 25])
+
+
+def test_peaks_of_tiny_saliency_values_and_of_empty_maps():
+    tiny = np.zeros((1, 4, 4))
+    tiny[0, 1, 3] = 1e-6            # gradients are often this small: the tie tolerance is relative
+    tiny[0, 0, 0] = 0.5e-6
+    np.testing.assert_allclose(loc.peaks(tiny)[0], [3.0, 1.0])
+    assert np.isnan(loc.peaks(np.zeros((2, 0, 0)))).all()
+
+
+def test_spearman_of_two_pixels_and_constant_maps_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loc.spearman(np.array([[0.0, 1.0]]), np.array([[0.0, 2.0]])) == pytest.approx(1.0)
+        assert loc.spearman(np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]])) == pytest.approx(-1.0)
+        assert np.isnan(loc.spearman(np.ones((2, 2)), np.arange(4.0).reshape(2, 2)))
+        flat = np.zeros((2, 2, 2))
+        assert np.isnan(loc.randomisation_spearman(flat, flat))   # every pair constant: no value
+        a = np.arange(4.0).reshape(2, 2)
+        assert loc.randomisation_spearman(np.stack([a, a]), np.stack([-a, flat[0]])) == pytest.approx(-1.0)
+
+
+def _scattered(n: int, size: int, seed: int) -> tuple[np.ndarray, loc.Truth]:
+    rng = np.random.default_rng(seed)
+    xy = rng.integers(2, size - 2, (n, 2)).astype(float)
+    maps = np.stack([_spot(size, int(x), int(y)) for x, y in xy])
+    label_type = np.array(["FM", "FB"] * (n // 2))
+    return maps, loc.Truth(xy, np.full(n, 3.0), label_type, np.ones(n, bool))
+
+
+def test_shuffled_chance_is_seeded_and_handles_zero_or_one_scored_slice():
+    maps, truth = _scattered(12, 24, seed=5)
+    assert loc.shuffled_chance(maps, truth) == loc.shuffled_chance(maps, truth, seed=0)
+    assert loc.shuffled_chance(maps, truth, seed=0) != loc.shuffled_chance(maps, truth, seed=1)
+    one = loc.Truth(truth.xy, truth.radius, truth.label_type, np.arange(12) == 4)
+    assert loc.shuffled_chance(maps, one) == (1.0, 1.0)     # one slice shuffled among itself stays on its spot
+    none = loc.Truth(truth.xy, truth.radius, truth.label_type, np.zeros(12, bool))
+    assert all(np.isnan(v) for v in loc.shuffled_chance(maps, none))
+
+
+def test_localisation_metrics_give_every_key_of_their_split_and_method():
+    maps, truth = _scattered(8, 24, seed=6)
+    shifted = np.roll(maps, 1, axis=2)
+    random_maps = np.stack([maps[0], -maps[1], np.zeros_like(maps[2])])
+    out = loc.localisation_metrics("val", "occlusion", shifted, truth, random_maps=random_maps)
+    key = lambda name: localisation_key("val", "occlusion", name)  # noqa: E731
+    assert set(out) == {"val_localisation_scored", "val_localisation_unpositioned"} | {
+        key(name) for name in ("hit_rate", "energy", "hit_rate_chance", "hit_rate_shuffled", "energy_shuffled",
+                               "hit_rate_fm", "hit_rate_fb", "randomisation_spearman")}
+    assert (out[key("hit_rate_shuffled")], out[key("energy_shuffled")]) == loc.shuffled_chance(shifted, truth, 0)
+    seeded = loc.localisation_metrics("val", "occlusion", shifted, truth, seed=3)
+    assert (seeded[key("hit_rate_shuffled")], seeded[key("energy_shuffled")]) == loc.shuffled_chance(shifted, truth, 3)
+    assert out[key("randomisation_spearman")] == pytest.approx(loc.randomisation_spearman(shifted[:3], random_maps))
+    assert out[key("hit_rate")] == 1.0 and out[key("energy")] == 1.0         # one pixel off, r = 3
+    assert out[key("hit_rate_chance")] == pytest.approx(loc.disc_share(truth.xy, truth.radius, 24).mean())
+    constant = loc.localisation_metrics("val", "occlusion", shifted, truth, random_maps=np.zeros((2, 24, 24)))
+    assert key("randomisation_spearman") not in constant
+
+
+def test_score_slices_give_every_slices_peak_and_only_scored_slices_a_hit():
+    maps, truth = _scattered(4, 16, seed=7)
+    half = loc.Truth(truth.xy, truth.radius, truth.label_type, np.array([True, False, True, False]))
+    scores = loc.score_slices(maps, half)
+    np.testing.assert_allclose(scores.peak_xy, truth.xy)
+    assert scores.hit[[0, 2]].tolist() == [1.0, 1.0] and np.isnan(scores.hit[[1, 3]]).all()
+    assert scores.energy[[0, 2]].tolist() == [1.0, 1.0] and np.isnan(scores.energy[[1, 3]]).all()

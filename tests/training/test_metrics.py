@@ -374,3 +374,45 @@ def test_bootstrap_ci_accepts_one_resample_and_levels_near_the_bounds():
         _, expected = _scipy_bootstrap(labels, scores, 0.5, 50, level, 0, "percentile")
         got = metrics.bootstrap_ci(labels, scores, n_resamples=50, level=level)
         assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+
+
+def test_the_percentile_fallback_by_hand():
+    distribution = np.stack([np.arange(101.0), np.r_[np.arange(100.0), np.nan], np.full(101, np.nan)])
+    low = np.array([np.nan, 3.0, 5.0])
+    high = np.array([np.nan, np.nan, 6.0])
+    got_low, got_high = metrics._where_undefined_percentile(low, high, distribution, 0.9)
+    # row 0: both bounds undefined → 5th and 95th percentiles of 0..100; row 1: one bound undefined is
+    # enough, NaN resamples ignored (0..99); row 2: BCa's own bounds kept.
+    np.testing.assert_allclose(got_low, [5.0, 4.95, 5.0])
+    np.testing.assert_allclose(got_high, [95.0, 94.05, 6.0])
+    got_low, got_high = metrics._where_undefined_percentile(low, high, distribution, 0.5)
+    np.testing.assert_allclose(got_low[:2], [25.0, 24.75])
+    np.testing.assert_allclose(got_high[:2], [75.0, 74.25])
+
+
+def test_bca_keeps_its_own_interval_where_it_is_defined():
+    labels, scores = synthetic_scores(80, seed=25)
+    raw, expected = _scipy_bootstrap(labels, scores, 0.5, 400, 0.95, 0, "BCa")
+    _, percentile = _scipy_bootstrap(labels, scores, 0.5, 400, 0.95, 0, "percentile")
+    got = metrics.bootstrap_ci(labels, scores, n_resamples=400, method="BCa")
+    differs = [name for name in metrics.METRICS if not np.isnan(raw[name][0]) and
+               not np.allclose(raw[name], percentile[name])]
+    assert "accuracy" in differs and "auc" in differs
+    for name in metrics.METRICS:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_a_class_of_two_slices_is_resampled_and_a_class_of_one_is_kept():
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.4, 0.1, 0.2, 0.6, 0.3, 0.1, 0.2, 0.3, 0.45])
+    _, expected = _scipy_bootstrap(labels, scores, 0.5, 300, 0.95, 0, "percentile")
+    got = metrics.bootstrap_ci(labels, scores, n_resamples=300)
+    assert got["recall"] == pytest.approx(expected["recall"], abs=1e-12) and got["recall"] == (0.0, 1.0)
+    for name in metrics.METRICS:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_one_slice_per_class_is_its_own_interval_at_the_given_threshold():
+    labels, scores = np.array([1, 0]), np.array([0.4, 0.2])
+    assert metrics.bootstrap_ci(labels, scores, threshold=0.3)["recall"] == (1.0, 1.0)
+    assert metrics.bootstrap_ci(labels, scores)["recall"] == (0.0, 0.0)
