@@ -8,18 +8,8 @@ import numpy as np
 import pytest
 
 from medfake import cli
-from medfake.bench.tracking import (
-    RETRY_ENV,
-    Fault,
-    ReadBack,
-    Scenario,
-    count_read_back,
-    error_kind,
-    metric_key,
-    metric_value,
-    percentile,
-    render_markdown,
-)
+from medfake.bench.tracking import RETRY_ENV, count_read_back, error_kind, metric_key, metric_value
+from medfake.bench.tracking_report import Fault, ReadBack, Scenario, percentile, render_markdown
 
 
 def test_percentile_matches_numpy_linear():
@@ -71,7 +61,7 @@ def test_report_states_load_machine_synthetic_data_retries_and_figures():
     fault = Fault(killed_at_s=1.0, back_at_s=9.0, outage_s=8.0, calls_spanning=3, slowest_spanning_s=8.2)
     text = render_markdown([_scenario("sqlite", 2), _scenario("fault", 0, fault)], command="medfake bench tracking",
                            machine="Test CPU, 2 cores", load_start=(3.5, 2.0, 1.0), load_end=(4.25, 2.5, 1.5),
-                           versions="MLflow x", date="2026-01-01")
+                           versions="MLflow x", date="2026-01-01", retries=RETRY_ENV)
     assert "synthetic metrics" in text and "Test CPU, 2 cores" in text and "`medfake bench tracking`" in text
     assert "3.50 / 2.00 / 1.00" in text and "4.25 / 2.50 / 1.50" in text
     for name, value in RETRY_ENV.items():
