@@ -69,7 +69,7 @@ class Truth:
 def _numbers(rows: pd.DataFrame, column: str) -> np.ndarray:
     if column not in rows.columns:
         return np.full(len(rows), np.nan)
-    return pd.to_numeric(rows[column].replace("", np.nan), errors="coerce").to_numpy(np.float64)
+    return pd.to_numeric(rows[column], errors="coerce").to_numpy(np.float64)  # "" and text → NaN
 
 
 def truth_from_manifest(rows: pd.DataFrame, size: int, data_size: int | None = None) -> Truth:

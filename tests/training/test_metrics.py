@@ -416,3 +416,13 @@ def test_one_slice_per_class_is_its_own_interval_at_the_given_threshold():
     labels, scores = np.array([1, 0]), np.array([0.4, 0.2])
     assert metrics.bootstrap_ci(labels, scores, threshold=0.3)["recall"] == (1.0, 1.0)
     assert metrics.bootstrap_ci(labels, scores)["recall"] == (0.0, 0.0)
+
+
+def test_h_of_a_resample_that_misses_every_fake_is_zero_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # thousands of resamples must not print a divide warning each
+        row = metrics.metrics_from_indices([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4], np.array([[0, 1, 2, 3], [0, 0, 2, 2]]))
+    h = row[metrics.METRICS.index("h")]
+    assert h.tolist() == [0.0, 0.0]
