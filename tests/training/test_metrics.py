@@ -426,3 +426,21 @@ def test_h_of_a_resample_that_misses_every_fake_is_zero_without_a_warning():
         row = metrics.metrics_from_indices([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4], np.array([[0, 1, 2, 3], [0, 0, 2, 2]]))
     h = row[metrics.METRICS.index("h")]
     assert h.tolist() == [0.0, 0.0]
+
+
+def test_defaults_the_study_reads_threshold_half_and_ten_calibration_bins():
+    assert metrics.predict_labels([0.5, 0.4999, 1.0, 0.0]).tolist() == [1, 0, 1, 0]
+    # 0.40 (fake) and 0.46 (real) share the bin [0.4, 0.5) of ten: |1 - 0.86| / 2; eleven bins part them
+    assert metrics.expected_calibration_error([1, 0], [0.40, 0.46]) == pytest.approx(0.07)
+    assert metrics.expected_calibration_error([1, 0], [0.40, 0.46], n_bins=11) == pytest.approx((0.6 + 0.46) / 2)
+
+
+def test_one_class_auc_is_nan_without_asking_scikit_learn_and_lengths_must_match():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn warns (UndefinedMetricWarning) when asked anyway
+        assert math.isnan(metrics.binary_metrics([0, 0, 0], [0.2, 0.6, 0.1])["auc"])
+        assert math.isnan(metrics.binary_metrics([1, 1], [0.2, 0.6])["auc"])
+    with pytest.raises(ValueError, match=r"^labels and scores differ in length: 3 vs 2$"):
+        metrics.binary_metrics([0, 1, 0], [0.2, 0.6])
