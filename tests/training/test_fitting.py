@@ -1,6 +1,7 @@
 """The training loop's building blocks: batch order, batches from the memmap, best weights."""
 
 import numpy as np
+import pytest
 
 from medfake.training import fitting
 
@@ -33,3 +34,28 @@ def test_bce_matches_definition():
     p = np.array([0.9, 0.2, 0.6])
     expected = -np.mean([np.log(0.9), np.log(0.8), np.log(0.6)])
     assert abs(fitting.bce(y, p) - expected) < 1e-9
+
+
+def test_an_epoch_batch_by_batch_trains_exactly_as_keras_fit_would():
+    import keras
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 1, (11, 4, 4)).astype(np.float32).astype(np.int16) + np.arange(11)[:, None, None].astype(np.int16)
+    labels = (np.arange(11) % 2).astype(np.float32)
+    order = fitting.epoch_order(1, 2, 0, 11)
+
+    def model():
+        keras.utils.set_random_seed(5)
+        m = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+        m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+        return m
+
+    ours, theirs = model(), model()
+    for epoch in range(2):
+        batches = fitting.image_batches(images, order, labels[order], batch_size=4)  # 4 + 4 + 3: a short last batch
+        loss = fitting.train_epoch(ours, batches)
+        history = theirs.fit(batches, None, epochs=1, verbose=0, shuffle=False)
+        assert loss == pytest.approx(history.history["loss"][-1], rel=1e-5)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
