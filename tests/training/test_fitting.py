@@ -36,7 +36,7 @@ def test_bce_matches_definition():
     assert abs(fitting.bce(y, p) - expected) < 1e-9
 
 
-def test_an_epoch_batch_by_batch_trains_exactly_as_keras_fit_would():
+def test_an_epoch_batch_by_batch_trains_as_keras_fit_does():
     import keras
 
     rng = np.random.default_rng(0)
