@@ -150,3 +150,71 @@ def test_onnx_export_refuses_grouped_convolutions(tmp_path):
     with pytest.raises(UserError, match="ONNX export of grouped_net is not possible.*openvino"):
         export_detector(model, tmp_path, formats=("onnx",))
     assert not (tmp_path / "detector.onnx").exists()
+
+
+def _signal_stack() -> tuple[int, int, int]:
+    stack = runtime_module._SignalStack()
+    assert runtime_module.ctypes.CDLL(None).sigaltstack(None, runtime_module.ctypes.byref(stack)) == 0
+    return stack.ss_sp or 0, stack.ss_flags, stack.ss_size
+
+
+def test_openvino_loading_keeps_the_threads_signal_stack(tmp_path, detector, hu_batch):
+    """Each OpenVINO compiled model points the loading thread's alternate signal stack at its own
+    memory and puts back the one it saw when it is freed; freed out of order, the thread was left with
+    a freed stack and Python's SA_ONSTACK handlers crashed on the next SIGTERM (seen on an AVX512_BF16 CPU)."""
+    pytest.importorskip("openvino")
+    before = _signal_stack()
+    path = export_detector(detector, tmp_path, formats=("openvino",))["openvino"]
+    first = load_runtime(path, precision="float32")
+    second = load_runtime(path, precision="bfloat16")
+    first.predict(hu_batch), second.predict(hu_batch)
+    assert _signal_stack() == before
+    del first  # freed before the later one, as runtime_check's loop frees them
+    assert _signal_stack() == before
+    del second
+    assert _signal_stack() == before
+
+
+WORKER = """
+import sys, tempfile, time
+import keras, numpy as np
+from medfake.core import tracking
+from medfake.models.runtime import export_detector, load_runtime
+with tracking.run("medfake-sigterm", "openvino-check", "screen"):
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    path = export_detector(model, tempfile.mkdtemp(), formats=("openvino",))["openvino"]
+    for precision in ("float32", "bfloat16"):  # the float32 runtime is freed after the bfloat16 one loads
+        loaded = load_runtime(path, precision=precision)
+        loaded.predict(np.zeros((2, 16, 16, 1), np.float32))
+    del loaded
+    print("LOADED", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_after_an_openvino_load_ends_the_run_killed(tracking_store):
+    """A real process, SIGTERMed after loading OpenVINO runtimes (what a train run's runtime check
+    and scan do), ends its MLflow run KILLED instead of dying of SIGSEGV with the run RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    pytest.importorskip("openvino")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert worker.stdout.readline().strip() == "LOADED"
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert code != -signal.SIGSEGV
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("medfake-sigterm").experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"]
