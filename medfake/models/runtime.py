@@ -299,8 +299,7 @@ def _signal_stack_kept() -> Iterator[None]:
     killed the process with SIGSEGV instead of ending its MLflow run KILLED.
     """
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        sigaltstack = libc.sigaltstack
+        sigaltstack = ctypes.CDLL(None).sigaltstack
     except (OSError, AttributeError):  # not a POSIX libc: nothing to keep
         yield
         return

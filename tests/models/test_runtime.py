@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -176,7 +181,7 @@ def test_openvino_loading_keeps_the_threads_signal_stack(tmp_path, detector, hu_
 
 
 WORKER = """
-import sys, tempfile, time
+import tempfile, time
 import keras, numpy as np
 from medfake.core import tracking
 from medfake.models.runtime import export_detector, load_runtime
@@ -198,11 +203,6 @@ with tracking.run("medfake-sigterm", "openvino-check", "screen"):
 def test_sigterm_after_an_openvino_load_ends_the_run_killed(tracking_store):
     """A real process, SIGTERMed after loading OpenVINO runtimes (what a train run's runtime check
     and scan do), ends its MLflow run KILLED instead of dying of SIGSEGV with the run RUNNING."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     from mlflow.tracking import MlflowClient
 
     pytest.importorskip("openvino")
