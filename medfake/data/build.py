@@ -14,6 +14,7 @@ import gc
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import pandas as pd
 from medfake.core.config import Config, data_root
 from medfake.core.errors import UserError
 from medfake.data import ctgan, lidc
-from medfake.data.cache import cache_path, dataset_digest, load_dataset
+from medfake.data.cache import cache_path, dataset_digest, incomplete, load_dataset
 from medfake.data.images import write_images
 from medfake.data.phantom import ensure_phantom
 from medfake.data.splits import TEST_EXPERIMENT, TRAIN_EXPERIMENT, assign_splits
@@ -333,7 +334,11 @@ def _build(cfg: Config, progress: bool, inputs: Inputs | None, digest: str | Non
     digest = digest or dataset_digest(cfg, inputs)
     final = cache_path(cfg, digest)
     if (final / "dataset.json").is_file():
-        return load_dataset(final), True, {}
+        problem = incomplete(final)
+        if problem is None:
+            return load_dataset(final), True, {}
+        print(f"rebuilding dataset {digest}: the cached one is incomplete ({problem})", file=sys.stderr)
+        shutil.rmtree(final)
     lap("digest")
     series, candidates = select_slices(cfg, inputs, progress)
     lap("headers")

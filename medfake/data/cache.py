@@ -80,12 +80,38 @@ def cache_path(cfg: Config, digest: str) -> Path:
     return Path(cfg.data.cache_dir) / digest
 
 
+def incomplete(path: Path) -> str | None:
+    """Why the dataset folder is not complete, or None. A build renames the folder into place
+    only after images.npy is written and synced, but a folder copied or synced in part (another
+    machine's cache, a full disk) can hold a shorter images.npy than its header says, and
+    numpy would only fail on it later, deep in a step."""
+    if not (path / "dataset.json").is_file():
+        return "no dataset.json"
+    images = path / "images.npy"
+    try:
+        with open(images, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read_header(handle)
+            expected = handle.tell() + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError) as exc:
+        return f"images.npy unreadable ({exc})"
+    actual = images.stat().st_size
+    if actual != expected:
+        return f"images.npy is {actual} bytes, its header says {expected}"
+    return None
+
+
 def load_dataset(cfg_or_dir: Config | Path, digest: str | None = None) -> Dataset:
     """Open a complete cached dataset by config + digest or by its folder."""
     path = cache_path(cfg_or_dir, digest) if isinstance(cfg_or_dir, Config) else Path(cfg_or_dir)
     info_file = path / "dataset.json"
     if not info_file.is_file():
         raise UserError(f"no complete dataset at {path} (run `medfake preprocess` first)")
+    problem = incomplete(path)
+    if problem:
+        raise UserError(f"dataset at {path} is incomplete: {problem} (copied in part?); "
+                        "run `medfake preprocess` again to rebuild it")
     info = json.loads(info_file.read_text())
     manifest = pd.read_csv(path / "manifest.csv", dtype={"scan_id": str, "truly_tampered": str}, keep_default_na=False)
     return Dataset(path, info["digest"], manifest, info)

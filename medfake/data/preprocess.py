@@ -20,7 +20,7 @@ from medfake.core import tracking
 from medfake.core.config import Config, add_config_arguments, config_from_args
 from medfake.core.plots import montage
 from medfake.data.build import SPLITS, Inputs, build, label_noise, resolve_inputs  # noqa: F401 - Inputs: importable from the step
-from medfake.data.cache import Dataset, cache_path, dataset_digest, load_dataset  # noqa: F401 - the step's API
+from medfake.data.cache import Dataset, cache_path, dataset_digest, incomplete, load_dataset  # noqa: F401 - the step's API
 from medfake.io.transforms import window_uint8
 
 
@@ -62,7 +62,7 @@ def preprocess(cfg: Config, progress: bool = True, detached: bool = False) -> tu
     digest = dataset_digest(cfg, inputs)
     existing = finished_preprocess_run(cfg, digest)
     launcher = os.environ.get("MLFLOW_RUN_ID") and not detached
-    if existing is not None and (cache_path(cfg, digest) / "dataset.json").is_file() and not launcher:
+    if existing is not None and incomplete(cache_path(cfg, digest)) is None and not launcher:
         print(f"reusing dataset {digest} at {cache_path(cfg, digest)} (preprocess run {existing.info.run_id})", file=sys.stderr)
         return load_dataset(cfg, digest), existing.info.run_id
     with tracking.run(cfg.experiment, f"preprocess-{digest[:8]}", stage="preprocess", detached=detached) as active:

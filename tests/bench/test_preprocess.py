@@ -25,6 +25,7 @@ def test_bench_preprocess_reports_the_ratio_and_the_phases(tmp_path, capsys):
     phases = dict(re.findall(r"^\| (\w+): [^|]+ \| ([0-9.]+) \| \d+% \|", text, re.M))
     assert set(phases) == {"digest", "headers", "splits", "decode", "resize", "write"}
     assert sum(map(float, phases.values())) <= rows["medfake preprocess"][1] + 0.05
+    assert float(re.search(r"Reading the built images\.npy once afterwards [^:]*: ([0-9.]+) s\.", text).group(1)) >= 0
     assert "Where medfake preprocess spent its time" in capsys.readouterr().out
 
 

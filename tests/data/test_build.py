@@ -132,3 +132,26 @@ def test_a_failure_while_writing_images_leaves_no_dataset_and_no_temporary_folde
         build(cfg, progress=False)
     final = cache_path(cfg, dataset_digest(cfg, resolve_inputs(cfg, progress=False)))
     assert not final.exists() and not list(final.parent.glob(".*.tmp-*"))
+
+
+def test_a_cache_cut_short_is_refused_with_one_line_and_rebuilt(phantom_root, tmp_path, capsys):
+    """A cache folder copied in part holds a shorter images.npy than its header says: opening it
+    says so in one line; the next build rebuilds it to the same bytes."""
+    from medfake.core.errors import UserError
+    from medfake.data.cache import incomplete, load_dataset
+
+    cfg = load_config("paper", [*TINY[:4], "data.image_size=64", f"data.phantom.root={phantom_root}",
+                                f"data.cache_dir={tmp_path / 'cache'}"])
+    dataset, reused, _stats = build(cfg, progress=False)
+    assert not reused and incomplete(dataset.path) is None
+    images = dataset.path / "images.npy"
+    whole = images.read_bytes()
+    images.write_bytes(whole[: len(whole) - 4096])
+    assert incomplete(dataset.path) == f"images.npy is {len(whole) - 4096} bytes, its header says {len(whole)}"
+    with pytest.raises(UserError, match=r"is incomplete: images\.npy is \d+ bytes.*run `medfake preprocess` again"):
+        load_dataset(dataset.path)
+    rebuilt, reused, _stats = build(cfg, progress=False)
+    assert not reused and rebuilt.path == dataset.path
+    assert "rebuilding dataset" in capsys.readouterr().err
+    assert images.read_bytes() == whole
+    assert build(cfg, progress=False)[1]  # complete again: reused
