@@ -67,14 +67,17 @@ def random_ct_batch(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+CALIBRATION_SLICES = 2  # slices per training-mode pass of calibrate_random_detector
+
+
 def calibrate_random_detector(model, batch: np.ndarray, calibration_batch: np.ndarray | None = None,
                               logit_std: float = 2.0) -> None:
     """Make a random-weight detector's probabilities differ between images (in place).
 
     With random weights BatchNorm's unit statistics leave some backbones' features at ~1e-11 and
     every probability at 0.5, so |Δp| between runtimes would be 0 whatever their precision. With
-    ``calibration_batch``, BatchNorm statistics are set from it (one training-mode pass, momentum 0);
-    then the output layer is rescaled so the logits of ``batch`` have mean 0 and std ``logit_std``
+    ``calibration_batch``, BatchNorm statistics are set from it (training-mode passes of a few slices,
+    averaged); then the output layer is rescaled so the logits of ``batch`` have mean 0 and std ``logit_std``
     (probabilities spread over ~0.1–0.9, as a trained detector's are). A pessimistic setting for
     reduced precision: random deep networks amplify rounding error more than trained ones, and the
     head is as sensitive to small feature differences between images as the batch allows.
@@ -90,9 +93,13 @@ def calibrate_random_detector(model, batch: np.ndarray, calibration_batch: np.nd
         norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
         momenta = [layer.momentum for layer in norms]
         try:
-            for layer in norms:
-                layer.momentum = 0.0
-            base(preprocess(calibration_batch), training=True)
+            # A few slices per pass: one eager training-mode pass of 8 slices at 512² held 11 GB
+            # (EfficientNetB4, reports/benchmarks/memory_probe.py). Momentum i/(i+1) at pass i
+            # leaves the mean of the passes' statistics.
+            for i, first in enumerate(range(0, len(calibration_batch), CALIBRATION_SLICES)):
+                for layer in norms:
+                    layer.momentum = i / (i + 1)
+                base(preprocess(calibration_batch[first:first + CALIBRATION_SLICES]), training=True)
         finally:
             for layer, momentum in zip(norms, momenta):
                 layer.momentum = momentum

@@ -63,6 +63,36 @@ def test_random_ct_batch_is_hu_like_and_differs_between_images():
     np.testing.assert_array_equal(batch, random_ct_batch(3, 48, seed=0))
 
 
+def test_calibration_averages_the_batchnorm_statistics_of_its_small_passes():
+    """The training-mode passes take CALIBRATION_SLICES slices each (memory); the statistics kept are
+    the mean of the passes', not the last pass's: in training mode a pass uses only its own batch
+    statistics, so calibrating on [c1, c2] gives each BatchNorm the mean of calibrating on c1 and on c2."""
+    import keras
+
+    from medfake.bench.latency import CALIBRATION_SLICES, calibrate_random_detector
+    from medfake.models.detector import backbone_model, build_detector
+
+    size = 32
+    first = random_ct_batch(CALIBRATION_SLICES, size, seed=1)
+    second = random_ct_batch(CALIBRATION_SLICES, size, seed=2)
+    model = build_detector("MobileNetV3Large", size)
+    weights = model.get_weights()
+
+    def moving_means(calibration):
+        model.set_weights(weights)
+        calibrate_random_detector(model, random_ct_batch(4, size, seed=0), calibration)
+        norms = [layer for layer in backbone_model(model).layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert all(layer.momentum == norms[0].momentum != 0 for layer in norms)  # restored after
+        return [np.asarray(layer.moving_mean) for layer in norms]
+
+    both = moving_means(np.concatenate([first, second]))
+    alone = [moving_means(first), moving_means(second)]
+    assert len(both) > 10
+    for mean, a, b in zip(both, *alone):
+        np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-4, atol=1e-5)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(*alone)) > 1e-3  # the two passes differ
+
+
 def test_report_lists_our_rows_beside_the_study():
     rows = [
         LatencyRow("ResNet50V2", "keras-float32 (baseline)", 24.75, 1900.0, 50.0, 1850.0, 4.2, 1.0, 0.0, (368.3, 87.2)),
