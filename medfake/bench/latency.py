@@ -82,27 +82,13 @@ def calibrate_random_detector(model, batch: np.ndarray, calibration_batch: np.nd
     reduced precision: random deep networks amplify rounding error more than trained ones, and the
     head is as sensitive to small feature differences between images as the batch allows.
     """
-    import keras
-
-    from medfake.models.detector import OUTPUT_NAME, backbone_model, embedding_model
+    from medfake.models.detector import OUTPUT_NAME, embedding_model, recalibrate_batchnorm
 
     if calibration_batch is not None:
-        base = backbone_model(model)
-        before_base = model.layers[model.layers.index(base) - 1]  # the last preprocessing layer
-        preprocess = keras.Model(model.input, before_base.output)
-        norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        momenta = [layer.momentum for layer in norms]
-        try:
-            # A few slices per pass: one eager training-mode pass of 8 slices at 512² held 11 GB
-            # (EfficientNetB4, reports/benchmarks/memory_probe.py). Momentum i/(i+1) at pass i
-            # leaves the mean of the passes' statistics.
-            for i, first in enumerate(range(0, len(calibration_batch), CALIBRATION_SLICES)):
-                for layer in norms:
-                    layer.momentum = i / (i + 1)
-                base(preprocess(calibration_batch[first:first + CALIBRATION_SLICES]), training=True)
-        finally:
-            for layer, momentum in zip(norms, momenta):
-                layer.momentum = momentum
+        # A few slices per pass: one eager training-mode pass of 8 slices at 512² held 11 GB
+        # (EfficientNetB4, reports/benchmarks/memory_probe.py).
+        recalibrate_batchnorm(model, (calibration_batch[first:first + CALIBRATION_SLICES]
+                                      for first in range(0, len(calibration_batch), CALIBRATION_SLICES)))
     embedding = np.asarray(embedding_model(model).predict_on_batch(batch), dtype=np.float64)
     output = model.get_layer(OUTPUT_NAME)
     kernel, bias = output.get_weights()

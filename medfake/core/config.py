@@ -81,6 +81,7 @@ class TrainConfig:
     phase2_lr: float = 1e-5
     unfreeze: str = "all"
     feature_cache: bool = True
+    bn_recalibration_batches: int = 0
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     jit_compile: Literal["auto", "true", "false"] = "auto"
 

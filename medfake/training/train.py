@@ -107,6 +107,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     y_train = m.loc[train_rows, "label"].to_numpy(np.float32)
     y_val = m.loc[val_rows, "label"].to_numpy(np.float32)
     batch = cfg.train.batch_size
+    recalibration = _recalibration_batches(cfg, train_rows) if weights_value is None else []
     timings: dict[str, float] = {}
 
     # Phase 1: backbone frozen.
@@ -171,9 +172,15 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
             order = fitting.epoch_order(cfg.seed, 2, epoch, len(train_rows))
             return fitting.image_batches(images, train_rows[order], y_train[order], batch), None
 
+        def phase2_val():
+            if recalibration:
+                det.recalibrate_batchnorm(model, (np.asarray(images[rows], np.float32)[..., None]
+                                                  for rows in recalibration))
+            return fitting.predict_images(model, split_rows(images, val_rows), batch)
+
         state2 = fitting.run_phase(
             model, 2, cfg.train.phase2_epochs, phase2_data,
-            lambda: fitting.predict_images(model, split_rows(images, val_rows), batch), y_val,
+            phase2_val, y_val,
             on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints, progress=progress,
         )
     timings["phase2_seconds"] = time.perf_counter() - t1
@@ -186,6 +193,18 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         "model": model, "precision": precision, "jit": jit, "weights_used": weights_used,
         "timings": timings, "states": [state1, state2],
     }
+
+
+def _recalibration_batches(cfg: Config, train_rows: np.ndarray) -> list[np.ndarray]:
+    """The training rows whose BatchNorm statistics are measured before each validation
+    (``train.bn_recalibration_batches`` batches, the same rows every epoch, sorted for the memmap)."""
+    count = cfg.train.bn_recalibration_batches
+    if count < 0:
+        raise UserError(f"train.bn_recalibration_batches must be ≥ 0, not {count}")
+    size = cfg.train.batch_size
+    take = min(count * size, len(train_rows))
+    chosen = np.random.default_rng([cfg.seed, 2]).choice(train_rows, take, replace=False)
+    return [np.sort(chosen[start:start + size]) for start in range(0, take, size)]
 
 
 def _batched(x: np.ndarray, y: np.ndarray, batch: int):

@@ -17,6 +17,7 @@ from medfake.models.detector import (
     feature_extractor,
     head_layer_names,
     head_model,
+    recalibrate_batchnorm,
     set_backbone_trainable,
     with_precision,
 )
@@ -173,6 +174,33 @@ def test_unfreezing_keeps_batch_norm_in_inference_mode(detector, hu_batch):
             set_backbone_trainable(detector, "most")
     finally:
         set_backbone_trainable(detector, "all")
+
+
+def test_recalibrated_batchnorm_holds_the_mean_of_its_passes_whatever_it_held_before():
+    """Precise BatchNorm (from-scratch phase 2): after one pass on a batch, inference mode scores that
+    batch exactly as training mode does; after two passes each layer holds the mean of the passes'
+    statistics, independent of the moving statistics before; the momenta are restored."""
+    model = build_detector("MobileNetV3Large", SIZE)
+    set_backbone_trainable(model, "all", freeze_batchnorm=False)
+    norms = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    a, b = random_ct_batch(3, SIZE, seed=3), random_ct_batch(3, SIZE, seed=4)
+
+    training = keras.ops.convert_to_numpy(model(a, training=True))
+    assert np.max(np.abs(model.predict_on_batch(a) - training)) > 1e-3  # the initial statistics
+    assert recalibrate_batchnorm(model, [a]) == 1
+    np.testing.assert_allclose(model.predict_on_batch(a), training, atol=1e-4)  # eager vs graph
+    mean_a = [np.asarray(layer.moving_mean) for layer in norms]
+    recalibrate_batchnorm(model, [b])
+    mean_b = [np.asarray(layer.moving_mean) for layer in norms]
+    for layer in norms:  # stale statistics, as after an epoch of fast-moving weights
+        layer.moving_mean.assign(layer.moving_mean + 5.0)
+        layer.moving_variance.assign(layer.moving_variance * 9.0)
+    assert recalibrate_batchnorm(model, iter([a, b])) == 2
+    assert [layer.momentum for layer in norms] == momenta
+    for layer, ma, mb in zip(norms, mean_a, mean_b):
+        np.testing.assert_allclose(np.asarray(layer.moving_mean), (ma + mb) / 2, rtol=1e-4, atol=1e-5)
+    assert max(float(np.max(np.abs(ma - mb))) for ma, mb in zip(mean_a, mean_b)) > 1e-3  # the passes differ
 
 
 def test_bfloat16_build_keeps_float32_output_and_global_policy(hu_batch):

@@ -35,6 +35,27 @@ def test_feature_cache_matches_naive_frozen_fit(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_batchnorm_recalibration_rows_are_distinct_training_rows_fixed_per_seed():
+    from medfake.training.train import _recalibration_batches
+
+    rows = np.arange(100, 130)
+    cfg = tiny_plan(["train.bn_recalibration_batches=3"]).cfg
+    batches = _recalibration_batches(cfg, rows)
+    assert [len(b) for b in batches] == [8, 8, 8]  # train.batch_size=8
+    taken = np.concatenate(batches)
+    assert len(set(taken.tolist())) == 24 and set(taken.tolist()) <= set(rows.tolist())
+    assert all(np.all(np.diff(b) > 0) for b in batches)  # sorted: one memmap read each
+    again = _recalibration_batches(cfg, rows)
+    assert all(np.array_equal(x, y) for x, y in zip(batches, again))
+    other = _recalibration_batches(tiny_plan(["train.bn_recalibration_batches=3", "seed=7"]).cfg, rows)
+    assert not all(np.array_equal(x, y) for x, y in zip(batches, other))
+    assert sum(len(b) for b in _recalibration_batches(tiny_plan(["train.bn_recalibration_batches=9"]).cfg, rows)) == 30
+    assert _recalibration_batches(tiny_plan(["train.bn_recalibration_batches=0"]).cfg, rows) == []
+    assert load_config("paper").train.bn_recalibration_batches == 0  # the study's protocol: off
+    with pytest.raises(UserError, match="train.bn_recalibration_batches must be ≥ 0"):
+        _recalibration_batches(tiny_plan(["train.bn_recalibration_batches=-1"]).cfg, rows)
+
+
 def test_unknown_model_and_small_size_are_one_line_errors():
     with pytest.raises(UserError, match="Xception"):
         tiny_plan(model="resnet9000")
