@@ -17,6 +17,13 @@ TINY = [
     "train.phase1_lr=1e-3", "train.phase2_lr=1e-4", "eval.bootstrap_samples=50", "eval.latency_steps=2",
     "model.weights=none", "model.head_units=[16, 8]", "train.precision=float32", "experiment=medfake-test",
     "eval.runtime_check=false",  # the export it needs costs 15-35 s a run; tests/inference/test_scan_runtimes.py turns it on
+    # The quickstart re-measures BatchNorm statistics before each validation; a tiny detector trains
+    # 3 steps, and exact statistics of its ≤ 24 training slices made it ill-conditioned off its data:
+    # OpenVINO and Keras float32 then differed by 0.048 on the runtime tests' series, where they agree
+    # within 1e-6 on the real quickstart detector (5.7e-7). The runtime and ensemble tests need a
+    # well-conditioned tiny detector; recalibration is tested in tests/models/test_detector.py and
+    # end to end in test_train_end_to_end_logs_the_contract.
+    "train.bn_recalibration_batches=0",
 ]
 
 

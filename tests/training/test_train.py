@@ -71,7 +71,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     from medfake.data.preprocess import cache_path
     from medfake.training.train import resolve_plan, train
 
-    cfg = load_config("quickstart", TINY)
+    cfg = load_config("quickstart", [*TINY, "train.bn_recalibration_batches=2"])  # as the quickstart's recipe
     dataset = tiny_dataset(cache_path(cfg, "d" * 16), phantom_like=True)
     plan = resolve_plan("mobilenetv3large", cfg, "screen")
     run_id = train(plan, data_digest=dataset.digest, progress=False)
@@ -96,6 +96,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     assert not [k for k in metrics if "scan_" in k]  # a tiny frame without series: no scan-level keys
     assert tags["medfake.stage"] == "screen" and tags["medfake.data_digest"] == dataset.digest
     assert params["model"] == "MobileNetV3Large" and params["weights_used"] == "none"
+    assert params["train.bn_recalibration_batches"] == "2"
     history = mlflow.MlflowClient().get_metric_history(run_id, "phase1_val_loss")
     assert [m.step for m in history] == [0, 1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
