@@ -63,7 +63,30 @@ def use_store() -> str:
     warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(uri)
     return uri
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Open a local SQLite store under an exclusive lock on its folder. MLflow creates a new store's
+    tables by running its migrations, which are not atomic: two steps started at once on a fresh
+    ./mlflow.db (two `medfake train` in two terminals) both migrated and one died ('duplicate column
+    name: step'). The first opener creates the tables; the others wait, then find them."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    folder = os.path.dirname(os.path.abspath(uri[len("sqlite:///"):])) or "."
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as exc:
+        raise UserError(f"tracking store {uri}: its folder cannot be opened ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    finally:
+        os.close(fd)
 
 
 def setup(experiment: str) -> str:
