@@ -40,22 +40,22 @@ def test_without_a_launcher_params_are_plain(tracking_store):
     assert not any(key.startswith(tracking.TAG_RESOLVED_PREFIX) for key in run.data.tags)
 
 
-
 def test_steps_started_together_on_a_new_local_store_all_start(tmp_path):
     """Two `medfake train` started at once on a fresh ./mlflow.db both ran MLflow's table migration
     and one died ('duplicate column name: step'); real processes, released at the same instant."""
+    import os
     import subprocess
     import sys
     import time
 
     start = time.time() + 4.0
     code = (
-        "import time, sys\n"
+        "import time\n"
         "from medfake.core import tracking\n"
         f"time.sleep(max(0.0, {start} - time.time()))\n"
         "tracking.setup('medfake-race')\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
