@@ -79,6 +79,9 @@ class TrainConfig:
     phase1_lr: float = 1e-4
     phase2_epochs: int = 20
     phase2_lr: float = 1e-5
+    # Phase-2 rate of a backbone without normalisation layers (VGG19); None: phase2_lr. From random
+    # weights Adam at a BatchNorm backbone's rate kills VGG19's ReLUs (training loss stuck at ln 2).
+    phase2_lr_unnormalised: float | None = None
     unfreeze: str = "all"
     feature_cache: bool = True
     bn_recalibration_batches: int = 0

@@ -267,6 +267,13 @@ def recalibrate_batchnorm(detector: keras.Model, batches: Iterable[np.ndarray]) 
     return passes
 
 
+def has_normalisation(detector: keras.Model) -> bool:
+    """Whether the backbone normalises its activations anywhere (BatchNorm, LayerNorm, GroupNorm):
+    of the study's 13 only VGG19 does not."""
+    kinds = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
+    return any(isinstance(layer, kinds) for layer in backbone_model(detector).layers)
+
+
 def set_batchnorm_momentum(detector: keras.Model, momentum: float) -> int:
     """Set the moving-statistics momentum of every BatchNorm layer in the backbone; return the count."""
     layers = [layer for layer in detector.get_layer(BACKBONE_NAME).layers

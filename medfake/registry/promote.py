@@ -41,7 +41,7 @@ DEFAULT_METRIC = "val_h"
 # Metrics where lower is better (everything else: higher is better).
 LOWER_IS_BETTER = ("_loss", "_ece", "latency_ms_mean", "latency_ms_std", "_seconds")
 # Params that differ between runs of the same setup (not part of the group key).
-RUN_SPECIFIC_PARAMS = frozenset({"seed", "weights_used", "precision_used", "jit_compile_used"})
+RUN_SPECIFIC_PARAMS = frozenset({"seed", "weights_used", "precision_used", "jit_compile_used", "phase2_lr_used"})
 # Metrics in [0, 1] where a coin scores 0.5 (study section 4.3's six and their harmonic mean H):
 # the default floor a champion must beat.
 CHANCE_METRICS = ("_h", "_auc", "_accuracy", "_precision", "_recall", "_specificity", "_f1")

@@ -100,6 +100,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         window=(cfg.data.window.center, cfg.data.window.width),
         head_units=cfg.model.head_units, dropout=cfg.model.dropout, precision=precision,
     )
+    phase2_lr = phase2_rate(cfg, det.has_normalisation(model))
     images = dataset.images
     m = dataset.manifest
     train_rows = m.index[m["split"] == "train"].to_numpy()
@@ -166,7 +167,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         det.set_backbone_trainable(model, cfg.train.unfreeze, freeze_batchnorm=not from_scratch)
         if from_scratch:
             det.set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
-        _compile(model, cfg.train.phase2_lr, cfg, jit)
+        _compile(model, phase2_lr, cfg, jit)
 
         def phase2_data(epoch):
             order = fitting.epoch_order(cfg.seed, 2, epoch, len(train_rows))
@@ -191,8 +192,18 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     det.set_backbone_trainable(model, None)
     return {
         "model": model, "precision": precision, "jit": jit, "weights_used": weights_used,
-        "timings": timings, "states": [state1, state2],
+        "phase2_lr": phase2_lr, "timings": timings, "states": [state1, state2],
     }
+
+
+def phase2_rate(cfg: Config, normalised: bool) -> float:
+    """The phase-2 learning rate of a backbone: ``train.phase2_lr``, or ``train.phase2_lr_unnormalised``
+    for one without normalisation layers when that is set (study-cpu: VGG19 from random weights)."""
+    special = cfg.train.phase2_lr_unnormalised
+    rate = cfg.train.phase2_lr if normalised or special is None else special
+    if rate <= 0:
+        raise UserError(f"the phase-2 learning rate must be > 0, not {rate}")
+    return rate
 
 
 def _recalibration_batches(cfg: Config, train_rows: np.ndarray) -> list[np.ndarray]:
@@ -305,7 +316,7 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
         from medfake.core import tracking
 
         tracking.log_params({"weights_used": result["weights_used"], "precision_used": result["precision"],
-                             "jit_compile_used": result["jit"]})
+                             "jit_compile_used": result["jit"], "phase2_lr_used": result["phase2_lr"]})
     batch = cfg.train.batch_size
 
     def score_fn(images):

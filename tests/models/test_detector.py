@@ -17,6 +17,7 @@ from medfake.models.detector import (
     feature_extractor,
     head_layer_names,
     head_model,
+    has_normalisation,
     recalibrate_batchnorm,
     set_backbone_trainable,
     with_precision,
@@ -227,6 +228,12 @@ def test_with_precision_copies_weights_in_a_new_policy(detector, hu_batch):
     assert probabilities.shape == (len(hu_batch), 1) and np.all((probabilities >= 0) & (probabilities <= 1))
     with pytest.raises(UserError, match="precision"):
         with_precision(detector, "int8")
+
+
+def test_only_vgg19_has_no_normalisation_layer(detector):
+    assert has_normalisation(detector)  # BatchNorm
+    assert has_normalisation(build_detector("ConvNeXtTiny", SIZE))  # LayerNorm only
+    assert not has_normalisation(build_detector("VGG19", SIZE))
 
 
 def test_image_below_minimum_size_names_size_and_backbone():

@@ -35,6 +35,20 @@ def test_feature_cache_matches_naive_frozen_fit(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_phase2_rate_of_a_backbone_without_normalisation():
+    from medfake.training.train import phase2_rate
+
+    cfg = load_config("quickstart", ["train.phase2_lr_unnormalised=3e-5"])
+    assert phase2_rate(cfg, normalised=True) == cfg.train.phase2_lr == 1e-3
+    assert phase2_rate(cfg, normalised=False) == 3e-5
+    assert phase2_rate(load_config("quickstart"), normalised=False) == 1e-3  # unset: the shared rate
+    paper = load_config("paper")  # the study's protocol: one rate for all 13
+    assert paper.train.phase2_lr_unnormalised is None
+    assert phase2_rate(paper, normalised=False) == phase2_rate(paper, normalised=True) == 1e-5
+    with pytest.raises(UserError, match="phase-2 learning rate must be > 0"):
+        phase2_rate(cfg.replace(**{"train.phase2_lr_unnormalised": 0.0}), normalised=False)
+
+
 def test_batchnorm_recalibration_rows_are_distinct_training_rows_fixed_per_seed():
     from medfake.training.train import _recalibration_batches
 
@@ -97,6 +111,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     assert tags["medfake.stage"] == "screen" and tags["medfake.data_digest"] == dataset.digest
     assert params["model"] == "MobileNetV3Large" and params["weights_used"] == "none"
     assert params["train.bn_recalibration_batches"] == "2"
+    assert float(params["phase2_lr_used"]) == float(params["train.phase2_lr"])  # BatchNorm: the shared rate
     history = mlflow.MlflowClient().get_metric_history(run_id, "phase1_val_loss")
     assert [m.step for m in history] == [0, 1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
