@@ -248,12 +248,15 @@ def recalibrate_batchnorm(detector: keras.Model, batches: Iterable[np.ndarray]) 
     passes ("precise BatchNorm"); the momenta are restored. A backbone trained from scratch moves its
     weights faster than momentum-averaged statistics follow, so inference mode can score with
     statistics of older weights: on the quickstart (Xception, 96²) validation losses jumped to 7.7 at
-    one epoch and 0.66 at the next on nearly the same weights. Returns the number of passes.
+    one epoch and 0.66 at the next on nearly the same weights. Returns the number of passes (0: the
+    backbone has no BatchNorm).
     """
     base = backbone_model(detector)
     before_base = detector.layers[detector.layers.index(base) - 1]  # the last preprocessing layer
     preprocess = keras.Model(detector.input, before_base.output)
     norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:  # VGG19, ConvNeXtTiny: no moving statistics, the passes would only cost time
+        return 0
     momenta = [layer.momentum for layer in norms]
     passes = 0
     try:
