@@ -39,7 +39,7 @@ TABLES = "tables"
 CONTEXT_PARAMS = (
     "data.source", "data.phantom.scans", "data.phantom.lidc_scans", "data.phantom.size", "data.phantom.slices",
     "data.negatives", "data.split", "data.image_size", "model.weights", "train.phase1_epochs", "train.phase2_epochs",
-    "train.batch_size", "train.phase1_lr", "train.phase2_lr", "eval.latency_steps",
+    "train.batch_size", "train.phase1_lr", "train.phase2_lr", "train.phase2_lr_unnormalised", "eval.latency_steps",
 )
 
 
@@ -182,13 +182,16 @@ def setup_markdown(params: dict[str, str], devices: list[str]) -> str:
                 f"clean scans of {get('data.phantom.slices', '?')} slices at {get('data.phantom.size', '?')}²")
     else:
         data = "CT-GAN + LIDC-IDRI (real data)"
+    # A backbone without normalisation layers may fine-tune at a rate of its own (study-cpu: VGG19).
+    own_rate = get("train.phase2_lr_unnormalised")
+    unnormalised = f" (phase 2 without normalisation layers: {own_rate})" if own_rate not in (None, "", "None", "?") else ""
     rows = [
         ["Data", data, "CT-GAN tampered slices ± 5 + as many LIDC-IDRI slices (2,486)"],
         ["Negatives / split", f"{get('data.negatives', '?')} / {get('data.split', '?')}", "lidc_random / random (slice level)"],
         ["Input", f"{get('data.image_size', '?')}²", "512²"],
         ["Weights", get("model.weights", "?"), "imagenet"],
         ["Epochs (frozen + unfrozen)", f"{get('train.phase1_epochs', '?')} + {get('train.phase2_epochs', '?')}", "80 + 20"],
-        ["Learning rates", f"{get('train.phase1_lr', '?')} / {get('train.phase2_lr', '?')}", "1e-4 / 1e-5"],
+        ["Learning rates", f"{get('train.phase1_lr', '?')} / {get('train.phase2_lr', '?')}{unnormalised}", "1e-4 / 1e-5"],
         ["Batch", get("train.batch_size", "?"), "8"],
         ["Device", "; ".join(devices) or "—", study.DEVICE],
     ]

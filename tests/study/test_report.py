@@ -121,3 +121,12 @@ def test_table1_truth_and_breakdown_columns_only_where_logged():
     assert "AUC (true)" in text and "0.950 [0.900, 0.990]" in text and "Recall FM" in text
     assert "FPR TM" not in text  # no run logged it
     assert table1_truth_markdown(pd.DataFrame([{"model": "A", "auc": 0.9}])) is None  # older runs: no table
+
+
+def test_setup_names_the_phase2_rate_of_a_backbone_without_normalisation():
+    params = {"train.phase1_lr": "0.001", "train.phase2_lr": "0.001"}
+    assert "| Learning rates | 0.001 / 0.001 | 1e-4 / 1e-5 |" in report.setup_markdown(params, [])
+    own = report.setup_markdown(params | {"train.phase2_lr_unnormalised": "3e-05"}, [])
+    assert "| Learning rates | 0.001 / 0.001 (phase 2 without normalisation layers: 3e-05) |" in own
+    assert "without normalisation" not in report.setup_markdown(params | {"train.phase2_lr_unnormalised": "None"}, [])
+    assert "without normalisation" not in report.setup_markdown(params | {"train.phase2_lr_unnormalised": "?"}, [])  # an older run
