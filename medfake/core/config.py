@@ -68,6 +68,7 @@ class ModelConfig:
     weights: str = "imagenet"
     head_units: tuple[int, ...] = (512, 256)
     dropout: float = 0.0
+    noise_residual: bool = False
 
 
 @dataclass(frozen=True)

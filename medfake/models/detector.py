@@ -2,7 +2,8 @@
 
 Layout (the study's section 3: backbone + GAP + Dense 512 + Dense 256 + Dense 1 sigmoid)::
 
-    "hu" (S,S,1) HU → CT window (Rescaling + ReLU clip to 0..255) → grey to RGB (Concatenate)
+    "hu" (S,S,1) HU → CT window (Rescaling + ReLU clip to 0..255) → grey to RGB (Concatenate;
+      with ``noise_residual`` channels 2-3 are a fixed Laplacian "noise_residual" of the unclipped window)
       → ImageNet scaling (Rescaling / Normalization) → "backbone" → "pool" (GAP) → [Dropout] → "head_dense_1" (512 ReLU) → [Dropout] → "embedding" (256 ReLU)
       → [Dropout] → "probability" (1 sigmoid, float32)
 
@@ -29,6 +30,10 @@ BACKBONE_NAME = "backbone"
 POOL_NAME = "pool"
 EMBEDDING_NAME = "embedding"
 OUTPUT_NAME = "probability"
+RESIDUAL_NAME = "noise_residual"
+RESIDUAL_CLIP_NAME = "noise_residual_clip"
+# Discrete Laplacian: zero on flat and linear HU, 8x the amplitude of a period-2 checkerboard.
+LAPLACIAN = ((0.0, -1.0, 0.0), (-1.0, 4.0, -1.0), (0.0, -1.0, 0.0))
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -46,6 +51,29 @@ def window_layers(center: float, width: float) -> list[keras.layers.Layer]:
         keras.layers.Rescaling(scale, offset=-low * scale, dtype="float32", name="ct_window_scale"),
         keras.layers.ReLU(max_value=255.0, dtype="float32", name="ct_window"),
     ]
+
+
+def grey_to_channels(scaled, grey, noise_residual: bool):
+    """Three backbone channels: the windowed grey slice (0..255) three times (the study, what ImageNet
+    weights expect) or, with ``noise_residual``, (grey, residual, residual).
+
+    The residual is a fixed, non-trainable Laplacian centred on 127.5 and clipped to 0..255: the
+    "noise residual" input of image-forensics detectors. It keeps the high-frequency trace a
+    generator leaves (a transposed convolution's period-2 checkerboard, study section 3.2) and drops
+    the anatomy, which a backbone trained from scratch otherwise learns first; on the quickstart
+    (Xception from scratch, 96²) that first-learned anatomy was anti-predictive on unseen scans
+    (reports/quickstart-training.md). It is taken from ``scaled``, the window's linear map before
+    its clip, so the trace stays visible on tissue the window saturates (an injected nodule at
+    +60 HU is white in a lung window). Built-in layers keep the model loadable without medfake and
+    exportable to ONNX/OpenVINO; float32, so reduced precision never rounds the faint trace.
+    """
+    if not noise_residual:
+        return keras.layers.Concatenate(axis=-1, dtype="float32", name="grey_to_rgb")([grey, grey, grey])
+    conv = keras.layers.Conv2D(1, 3, padding="same", dtype="float32", trainable=False, name=RESIDUAL_NAME)
+    residual = conv(scaled)
+    conv.set_weights([np.asarray(LAPLACIAN, np.float32).reshape(3, 3, 1, 1), np.asarray([127.5], np.float32)])
+    residual = keras.layers.ReLU(max_value=255.0, dtype="float32", name=RESIDUAL_CLIP_NAME)(residual)
+    return keras.layers.Concatenate(axis=-1, dtype="float32", name="grey_to_rgb")([grey, residual, residual])
 
 
 def scaling_layers(scaling: str) -> list[keras.layers.Layer]:
@@ -131,11 +159,13 @@ def build_detector(
     head_units: Sequence[int] = (512, 256),
     dropout: float = 0.0,
     precision: str = "float32",
+    noise_residual: bool = False,
 ) -> keras.Model:
     """Backbone + the study's head as one model taking HU slices (S,S,1), giving P(fake) (N,1).
 
     ``weights`` is what the backbone constructor takes: None, "imagenet" or a file path (resolve
     user input with ``medfake.models.weights.resolve_weights`` first). ``window`` is (center, width) in HU.
+    ``noise_residual``: see :func:`grey_to_channels` (config ``model.noise_residual``).
     """
     spec = _resolve_backbone(backbone)
     size = int(image_size)
@@ -146,10 +176,9 @@ def build_detector(
     center, width = window
     with dtype_policy(precision):
         hu = keras.Input(shape=(size, size, 1), dtype="float32", name=INPUT_NAME)
-        x = hu
-        for layer in window_layers(center, width):
-            x = layer(x)
-        x = keras.layers.Concatenate(axis=-1, dtype="float32", name="grey_to_rgb")([x, x, x])
+        window_scale, window_clip = window_layers(center, width)
+        scaled = window_scale(hu)
+        x = grey_to_channels(scaled, window_clip(scaled), noise_residual)
         for layer in scaling_layers(spec.scaling):
             x = layer(x)
         base = spec.constructor(input_shape=(size, size, 3), weights=weights)
@@ -179,7 +208,8 @@ def head_model(
 
 
 def _weighted_head_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
-    return {layer.name: layer for layer in model.layers if layer.weights and layer.name != BACKBONE_NAME}
+    fixed = (BACKBONE_NAME, RESIDUAL_NAME)
+    return {layer.name: layer for layer in model.layers if layer.weights and layer.name not in fixed}
 
 
 def copy_head_weights(src: keras.Model, dst: keras.Model) -> list[str]:
@@ -326,8 +356,8 @@ def with_precision(model: keras.Model, precision: str) -> keras.Model:
 
 
 _FLOAT32_LAYERS = {"InputLayer"}
-_FLOAT32_NAMES = {POOL_NAME, OUTPUT_NAME, "ct_window_scale", "ct_window", "grey_to_rgb", "imagenet_unit",
-                  "imagenet_scaling"}
+_FLOAT32_NAMES = {POOL_NAME, OUTPUT_NAME, RESIDUAL_NAME, RESIDUAL_CLIP_NAME, "ct_window_scale", "ct_window",
+                  "grey_to_rgb", "imagenet_unit", "imagenet_scaling"}
 
 
 def _retype_config(node, policy_name: str):

@@ -99,6 +99,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         backbone.name, cfg.data.image_size, weights=weights_value,
         window=(cfg.data.window.center, cfg.data.window.width),
         head_units=cfg.model.head_units, dropout=cfg.model.dropout, precision=precision,
+        noise_residual=cfg.model.noise_residual,
     )
     phase2_lr = phase2_rate(cfg, det.has_normalisation(model))
     images = dataset.images

@@ -244,3 +244,52 @@ def test_image_below_minimum_size_names_size_and_backbone():
         build_detector("Xception", 64)
     with pytest.raises(UserError, match="unknown backbone"):
         build_detector("AlexNet", 64)
+
+
+def _channels(model: keras.Model) -> keras.Model:
+    return keras.Model(model.input, model.get_layer("grey_to_rgb").output)
+
+
+def test_noise_residual_channels_are_a_fixed_laplacian_of_the_window(hu_batch):
+    # (center, width) = (-700, 700): HU -1050..-350 onto 0..255, so 1 HU is 255/700 grey levels.
+    model = build_detector("MobileNetV3Large", SIZE, window=(-700, 700), noise_residual=True)
+    amplitude = 30.0  # HU, the phantom's checkerboard (medfake.data.phantom.tamper.CHECKER_HU)
+    rows, cols = np.indices((SIZE, SIZE))
+    sign = np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+    lung, nodule = np.full((SIZE, SIZE), -850.0), np.full((SIZE, SIZE), 60.0)  # nodule: white in this window
+    images = np.stack([lung, lung + amplitude * sign, nodule + amplitude * sign])[..., None].astype(np.float32)
+    out = keras.ops.convert_to_numpy(_channels(model).predict_on_batch(images))
+    inner = (slice(1, -1), slice(1, -1))  # zero padding makes the border differ
+    np.testing.assert_allclose(out[0][inner][..., 0], (-850.0 + 1050.0) * 255.0 / 700.0, rtol=1e-5)
+    np.testing.assert_allclose(out[0][inner][..., 1:], 127.5, atol=1e-3)  # flat HU leaves no residual
+    expected = 127.5 + 8.0 * amplitude * 255.0 / 700.0 * sign
+    for image in (1, 2):
+        for channel in (1, 2):
+            np.testing.assert_allclose(out[image][..., channel][inner], expected[inner], atol=1e-3)
+    # On the nodule the window saturates (grey 255 everywhere) but the residual, taken before the
+    # window's clip, still carries the checkerboard.
+    np.testing.assert_array_equal(out[2][..., 0], 255.0)
+    # The study's input (default) repeats the grey slice; the residual is absent.
+    study = _channels(build_detector("MobileNetV3Large", SIZE, window=(-700, 700)))
+    repeated = keras.ops.convert_to_numpy(study.predict_on_batch(images[1:2]))[0]
+    np.testing.assert_array_equal(repeated[..., 1], repeated[..., 0])
+    assert "noise_residual" not in [layer.name for layer in study.layers]
+
+
+def test_noise_residual_stays_fixed_saves_and_keeps_float32(tmp_path, hu_batch):
+    model = build_detector("MobileNetV3Large", SIZE, noise_residual=True)
+    set_backbone_trainable(model, "all")
+    residual = model.get_layer("noise_residual")
+    assert not residual.trainable and not residual.trainable_weights
+    assert all(type(layer).__module__.startswith("keras.") for layer in model.layers)
+    path = tmp_path / "residual.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded.get_layer("noise_residual").get_weights()[0],
+                                  residual.get_weights()[0])
+    np.testing.assert_array_equal(loaded.predict_on_batch(hu_batch), model.predict_on_batch(hu_batch))
+    half = with_precision(model, "bfloat16")
+    assert half.get_layer("noise_residual").compute_dtype == "float32"
+    assert half.get_layer("embedding").compute_dtype == "bfloat16"
+    # Phase 1's head on cached features goes back onto a residual detector; the filter is not "head".
+    assert copy_head_weights(model, head_model(960)) == ["embedding", "head_dense_1", "probability"]

@@ -33,6 +33,7 @@ def test_paper_config_has_the_studys_two_phases(paper):
     assert train.batch_size == 8
     assert train.unfreeze == "all"
     assert tuple(paper.model.head_units) == (512, 256) and paper.model.dropout == 0.0
+    assert paper.model.noise_residual is False  # the study's grey slice ×3 into ImageNet weights
     assert paper.model.weights == "imagenet"
     assert paper.data.image_size == 512
 
