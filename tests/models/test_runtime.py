@@ -87,6 +87,21 @@ def test_openvino_float32_equals_keras(tmp_path, detector, hu_batch, keras_proba
     assert np.all(np.isfinite(default.predict(hu_batch)))
 
 
+def test_noise_residual_detector_exports_to_every_runtime(tmp_path, hu_batch):
+    """The quickstart's input (model.noise_residual: a fixed Laplacian beside the grey window) must
+    survive ONNX and OpenVINO export: scan's default runtime scores that detector."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    model = build_detector("DenseNet121", SIZE, noise_residual=True)
+    calibrate_random_detector(model, random_ct_batch(4, SIZE, seed=0), random_ct_batch(8, SIZE, seed=1))
+    expected = np.asarray(model.predict_on_batch(hu_batch)).reshape(-1)
+    assert np.ptp(expected) > 0.05
+    paths = export_detector(model, tmp_path, formats=("onnx", "openvino"))
+    np.testing.assert_allclose(load_runtime(paths["onnx"]).predict(hu_batch), expected, atol=1e-3)
+    exact = load_runtime(paths["openvino"], precision="float32")
+    np.testing.assert_allclose(exact.predict(hu_batch), expected, atol=1e-3)
+
+
 def test_auto_picks_the_fastest_installed_runtime(detector, hu_batch, keras_probabilities):
     installed = available_runtimes()
     assert installed[-1] == "keras"
