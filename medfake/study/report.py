@@ -38,8 +38,8 @@ FIGURES = "figures"
 TABLES = "tables"
 CONTEXT_PARAMS = (
     "data.source", "data.phantom.scans", "data.phantom.lidc_scans", "data.phantom.size", "data.phantom.slices",
-    "data.negatives", "data.split", "data.image_size", "model.weights", "train.phase1_epochs", "train.phase2_epochs",
-    "train.batch_size", "train.phase1_lr", "train.phase2_lr", "train.phase2_lr_unnormalised", "eval.latency_steps",
+    "data.negatives", "data.split", "data.image_size", "model.weights", "model.noise_residual", "train.phase1_epochs",
+    "train.phase2_epochs", "train.batch_size", "train.phase1_lr", "train.phase2_lr", "train.phase2_lr_unnormalised", "eval.latency_steps",
 )
 
 
@@ -185,10 +185,12 @@ def setup_markdown(params: dict[str, str], devices: list[str]) -> str:
     # A backbone without normalisation layers may fine-tune at a rate of its own (study-cpu: VGG19).
     own_rate = get("train.phase2_lr_unnormalised")
     unnormalised = f" (phase 2 without normalisation layers: {own_rate})" if own_rate not in (None, "", "None", "?") else ""
+    # model.noise_residual (quickstart): channels 2-3 a fixed Laplacian instead of the study's grey ×3.
+    residual = ", grey + noise residual ×2" if str(get("model.noise_residual", "")).lower() == "true" else ", grey ×3"
     rows = [
         ["Data", data, "CT-GAN tampered slices ± 5 + as many LIDC-IDRI slices (2,486)"],
         ["Negatives / split", f"{get('data.negatives', '?')} / {get('data.split', '?')}", "lidc_random / random (slice level)"],
-        ["Input", f"{get('data.image_size', '?')}²", "512²"],
+        ["Input", f"{get('data.image_size', '?')}²{residual}", "512², grey ×3"],
         ["Weights", get("model.weights", "?"), "imagenet"],
         ["Epochs (frozen + unfrozen)", f"{get('train.phase1_epochs', '?')} + {get('train.phase2_epochs', '?')}", "80 + 20"],
         ["Learning rates", f"{get('train.phase1_lr', '?')} / {get('train.phase2_lr', '?')}{unnormalised}", "1e-4 / 1e-5"],

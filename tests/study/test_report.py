@@ -130,3 +130,11 @@ def test_setup_names_the_phase2_rate_of_a_backbone_without_normalisation():
     assert "| Learning rates | 0.001 / 0.001 (phase 2 without normalisation layers: 3e-05) |" in own
     assert "without normalisation" not in report.setup_markdown(params | {"train.phase2_lr_unnormalised": "None"}, [])
     assert "without normalisation" not in report.setup_markdown(params | {"train.phase2_lr_unnormalised": "?"}, [])  # an older run
+
+
+def test_setup_names_the_input_channels():
+    params = {"data.image_size": "96"}
+    assert "| Input | 96², grey ×3 | 512², grey ×3 |" in report.setup_markdown(params, [])
+    assert "| Input | 96², grey ×3 |" in report.setup_markdown(params | {"model.noise_residual": "False"}, [])
+    residual = report.setup_markdown(params | {"model.noise_residual": "True"}, [])
+    assert "| Input | 96², grey + noise residual ×2 | 512², grey ×3 |" in residual
