@@ -39,7 +39,8 @@ TABLES = "tables"
 CONTEXT_PARAMS = (
     "data.source", "data.phantom.scans", "data.phantom.lidc_scans", "data.phantom.size", "data.phantom.slices",
     "data.negatives", "data.split", "data.image_size", "model.weights", "model.noise_residual", "train.phase1_epochs",
-    "train.phase2_epochs", "train.batch_size", "train.phase1_lr", "train.phase2_lr", "train.phase2_lr_unnormalised", "eval.latency_steps",
+    "train.phase2_epochs", "train.batch_size", "train.phase1_lr", "train.phase2_lr", "train.phase2_lr_unnormalised",
+    "eval.latency_steps",
 )
 
 
