@@ -204,6 +204,27 @@ def test_recalibrated_batchnorm_holds_the_mean_of_its_passes_whatever_it_held_be
     assert max(float(np.max(np.abs(ma - mb))) for ma, mb in zip(mean_a, mean_b)) > 1e-3  # the passes differ
 
 
+def test_recalibration_traces_once_per_detector_and_lets_it_go():
+    """The training-mode forward is built once per detector (an epoch's passes reuse it; re-tracing
+    each epoch would cost what tracing saved) and does not keep a discarded detector alive."""
+    import gc
+    import weakref
+
+    from medfake.models import detector as det
+
+    model = build_detector("MobileNetV3Large", SIZE)
+    a, b = random_ct_batch(3, SIZE, seed=3), random_ct_batch(5, SIZE, seed=4)  # two batch sizes
+    assert recalibrate_batchnorm(model, [a, b]) == 2
+    forward = det._training_forward(model)
+    assert recalibrate_batchnorm(model, [b]) == 1 and det._training_forward(model) is forward
+    if keras.backend.backend() == "tensorflow":
+        assert forward.experimental_get_tracing_count() == 1  # batch sizes 3 and 5: one graph
+    alive = weakref.ref(model)
+    del model, forward
+    gc.collect()
+    assert alive() is None
+
+
 def test_bfloat16_build_keeps_float32_output_and_global_policy(hu_batch):
     model = build_detector("MobileNetV3Large", SIZE, precision="bfloat16")
     assert keras.config.dtype_policy().name == "float32"
