@@ -21,6 +21,7 @@ from medfake.core import contract, device, tracking
 from medfake.core.contract import BASELINE
 from medfake.core.config import Config, add_config_arguments, config_from_args
 from medfake.data.preprocess import Dataset, ensure_dataset
+from medfake.models.grouped_conv import fast_grouped_conv
 from medfake.core.errors import UserError
 from medfake.training.evaluation import EvalSettings, evaluate_and_log, split_rows, summary_lines
 from medfake.training.scan_level import evaluate_scans
@@ -311,7 +312,10 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
             on_epoch(phase, epoch, logs)
 
     checkpoints = fitting.Checkpoints(CHECKPOINT_ROOT / run_id)
-    result = train_detector(plan, dataset, checkpoints, log_epoch, progress)
+    # The grouped convolutions' fast path covers the fit and the predictions traced for evaluation;
+    # the model logging and runtime check below trace their own graphs with Keras's path (export).
+    with fast_grouped_conv():
+        result = train_detector(plan, dataset, checkpoints, log_epoch, progress)
     model = result["model"]
     if not resumed:
         from medfake.core import tracking
@@ -332,7 +336,8 @@ def _train_detector_run(plan: Plan, dataset: Dataset, run_id: str, artifacts: Pa
     # The model is logged before the evaluation: MLflow 3 links the metrics a run logs after a
     # logged model (same step) to that model, so the Models view compares detectors by test metrics.
     log_detector_model(model, example[:1])
-    evaluation = _evaluate(plan, dataset, score_fn, artifacts, embed_fn)
+    with fast_grouped_conv():
+        evaluation = _evaluate(plan, dataset, score_fn, artifacts, embed_fn)
     if cfg.eval.explain:  # issue 13: the maps' localisation beside the test metrics
         evaluation["localisation"] = log_localisation(model, dataset, cfg, "test")
     # issue 17: how far each fast runtime/precision moves this detector's test scores (scan reads it)
