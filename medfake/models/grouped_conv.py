@@ -4,8 +4,8 @@ Keras 3 on TensorFlow runs every grouped ``Conv2D`` (``groups > 1``: RegNetX040/
 convolutions, ConvNeXtTiny's 7×7 depthwise ones) as its own XLA-compiled function
 (keras/src/backend/tensorflow/nn.py ``conv``: "grouped convolutions are broken on CPU without
 XLA"). On this project's 2-core AMD EPYC that one op made a RegNetX040 training step at 80², batch 8,
-1.90 s against 0.16 s with TensorFlow's own convolution, which oneDNN runs grouped (TensorFlow 2.21;
-ConvNeXtTiny 0.86 → 0.22 s; reports/benchmarks/grouped-conv.md). Without oneDNN TensorFlow's CPU
+2.01 s against 0.22 s with TensorFlow's own convolution, which oneDNN runs grouped (TensorFlow 2.21;
+ConvNeXtTiny 1.28 → 0.22 s; reports/benchmarks/grouped-conv.md). Without oneDNN TensorFlow's CPU
 kernel refuses a grouped filter, so there each group is convolved on its own (depthwise ones as
 one depthwise convolution). The detector's layers stay the built-in ``Conv2D`` with ``groups``:
 what is saved and exported is unchanged, and a graph traced outside :func:`fast_grouped_conv`
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 _LOCK = threading.Lock()
 _DEPTH = 0
+_KERAS_CONV = None  # Keras's own backend ``conv`` while the fast one is installed
 
 
 def onednn_enabled() -> bool:
@@ -65,7 +66,7 @@ def fast_grouped_conv() -> Iterator[bool]:
     Yields whether it is in effect (only on the TensorFlow backend). Re-entrant; graphs traced inside
     keep the fast op after the block ends.
     """
-    global _DEPTH
+    global _DEPTH, _KERAS_CONV
     import keras
 
     if keras.backend.backend() != "tensorflow":
@@ -73,8 +74,22 @@ def fast_grouped_conv() -> Iterator[bool]:
         return
     from keras.src.backend.tensorflow import nn as tf_nn
 
-    keras_conv = getattr(tf_nn, "_medfake_keras_conv", tf_nn.conv)
-    onednn = onednn_enabled()
+    with _LOCK:
+        if _DEPTH == 0:
+            _KERAS_CONV = tf_nn.conv
+            tf_nn.conv = _fast_conv(_KERAS_CONV, onednn_enabled())
+        _DEPTH += 1
+    try:
+        yield True
+    finally:
+        with _LOCK:
+            _DEPTH -= 1
+            if _DEPTH == 0:
+                tf_nn.conv, _KERAS_CONV = _KERAS_CONV, None
+
+
+def _fast_conv(keras_conv, onednn: bool):
+    """Keras's backend ``conv`` signature: grouped channels-last 2-D convolutions here, the rest to Keras."""
 
     def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
         grouped = (len(inputs.shape) == 4 and data_format in (None, "channels_last")
@@ -83,16 +98,4 @@ def fast_grouped_conv() -> Iterator[bool]:
             return keras_conv(inputs, kernel, strides, padding, data_format, dilation_rate)
         return grouped_conv2d(inputs, kernel, strides, padding, dilation_rate, onednn)
 
-    with _LOCK:
-        if _DEPTH == 0:
-            tf_nn._medfake_keras_conv = keras_conv
-            tf_nn.conv = conv
-        _DEPTH += 1
-    try:
-        yield True
-    finally:
-        with _LOCK:
-            _DEPTH -= 1
-            if _DEPTH == 0:
-                tf_nn.conv = keras_conv
-                del tf_nn._medfake_keras_conv
+    return conv
