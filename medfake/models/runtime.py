@@ -18,6 +18,7 @@ import ctypes
 import importlib.util
 import logging
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -78,7 +79,21 @@ def require(runtime: str):
     module_name = RUNTIMES[runtime][0]
     if importlib.util.find_spec(module_name) is None:
         raise UserError(f"runtime {runtime} needs the {module_name} package: {INSTALL_HINT}")
+    if runtime == "openvino":
+        _openvino_offline()
     return importlib.import_module(module_name)
+
+
+def _openvino_offline() -> None:
+    """Keep OpenVINO's model converter from sending usage events while medfake exports a detector.
+
+    ``openvino.tools.ovc`` reports each conversion to Google Analytics through ``openvino_telemetry``
+    (installed with openvino; on unless a consent file in ~/intel says no, or CI=true): a forked process
+    per event, waited on for up to 3 s when nobody answers. medfake runs offline next to patient data,
+    and a fork is unsafe under JAX. Without an importable ``openvino_telemetry`` the converter uses its
+    own no-op stub (openvino/tools/ovc/telemetry_stub.py); only this process is affected.
+    """
+    sys.modules.setdefault("openvino_telemetry", None)
 
 
 def check_options(runtime: str, precision: str) -> None:

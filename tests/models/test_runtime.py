@@ -172,6 +172,32 @@ def test_onnx_export_refuses_grouped_convolutions(tmp_path):
     assert not (tmp_path / "detector.onnx").exists()
 
 
+OFFLINE_EXPORT = """
+import multiprocessing, sys, tempfile
+import keras
+started = []
+multiprocessing.Process.start = lambda self: started.append(self)  # record, never run
+from medfake.models.runtime import export_detector
+images = keras.Input((8, 8, 1))
+model = keras.Model(images, keras.layers.Dense(1)(keras.layers.Flatten()(images)))
+export_detector(model, tempfile.mkdtemp(), formats=("openvino",))
+print("processes", len(started), "telemetry", sys.modules.get("openvino_telemetry"))
+"""
+
+
+def test_openvino_export_sends_no_usage_events(tmp_path):
+    """OpenVINO's converter forks a process per Google Analytics event unless told not to; a medfake
+    export starts none (a fresh HOME has no opt-out file, so the converter's own default would send)."""
+    pytest.importorskip("openvino")
+    env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", OFFLINE_EXPORT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "processes 0 telemetry None" in done.stdout
+    assert not (tmp_path / "intel").exists()  # no client id or consent file written either
+
+
 def _signal_stack() -> tuple[int, int, int]:
     stack = runtime_module._SignalStack()
     assert runtime_module.ctypes.CDLL(None).sigaltstack(None, runtime_module.ctypes.byref(stack)) == 0
