@@ -16,6 +16,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "preprocess": ("medfake.bench.preprocess", "preprocess throughput: header-first selective decoding vs decoding all"),
     "train": ("medfake.bench.train", "phase 1 feature cache vs naive fit, precision per backbone, paper wall time"),
     "scan": ("medfake.bench.scan", "scanning one CT series: medfake scan's path vs dcmread + Keras predict per slice"),
+    "device": ("medfake.bench.device", "one process, every backbone: latency, training throughput, the study's wall time (GPU)"),
     "precision": ("medfake.bench.precision", "max |Δp| of each runtime and precision on one small trained detector per backbone"),
     "tracking": ("medfake.bench.tracking", "8 workers logging metrics to SQLite and the PostgreSQL server; server killed mid-run"),
 }

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from medfake.bench import write_report
+from medfake.bench.protocol_cost import StepCosts, run_seconds
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,16 +95,14 @@ def run_bench(args: argparse.Namespace) -> int:
         auto, _ = choose("auto", "auto", name, "cpu")
         rows.append((name, f32, bf16, auto, {"float32": f32, "bfloat16": bf16}[auto] / f32))
 
-    # Projection of the study's protocol at 512²: images per split and per-image costs measured here.
-    train_imgs, val_imgs = round(2486 * 0.70), round(2486 * 0.15)
+    # Projection of the study's protocol at 512² from per-image costs measured here (head steps left out).
     projections = []
     for name in names:
         rate = _train_rate(name, 512, choose("auto", "auto", name, "cpu")[0], 2)
         infer_ms = _infer_ms(name)
-        phase1 = (train_imgs + val_imgs) * infer_ms / 1000  # one feature pass; the head is negligible
-        phase2 = 20 * (train_imgs / rate + val_imgs * infer_ms / 1000)
-        naive1 = 80 * (train_imgs + val_imgs) * infer_ms / 1000
-        projections.append((name, rate, infer_ms, (phase1 + phase2) / 3600, (naive1 + phase2) / 3600))
+        cached = run_seconds(StepCosts(infer_ms / 1000, 1 / rate))
+        naive = run_seconds(StepCosts(infer_ms / 1000, 1 / rate, head_s=infer_ms / 1000))
+        projections.append((name, rate, infer_ms, cached / 3600, naive / 3600))
 
     command = "medfake bench train " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     lines = [
@@ -135,7 +134,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "## Projected wall time of the study's protocol on this CPU",
         "",
         "512², batch 8, 2,486 images (70/15/15), phase 1 80 epochs on cached features + phase 2 20 epochs, "
-        "from measured per-image step times (2 training steps, 3 inference steps each — rough).",
+        "from measured per-image step times (2 training steps, 3 inference steps each — rough; "
+        "`medfake bench device` also times the head's phase-1 steps).",
         "",
         "| backbone | train images/s (auto precision) | inference ms / image | hours with feature cache | hours naive |",
         "| --- | ---: | ---: | ---: | ---: |",
