@@ -10,7 +10,7 @@ Layout (the study's section 3: backbone + GAP + Dense 512 + Dense 256 + Dense 1 
 Windowing and the backbone's ImageNet input scaling live inside the model, so a saved ``.keras``
 file, an ONNX or OpenVINO export and the ``scan`` step all take raw HU and agree. Every layer is a
 Keras built-in, so the model loads without medfake (MLflow pyfunc, ``mlflow models serve``).
-Only ``keras`` and ``keras.ops`` are used here, and TensorFlow's ``tf.function`` where it is the backend.
+Only ``keras`` and ``keras.ops`` are used here, and TensorFlow's ``tf.function`` or ``jax.jit`` where it is the backend.
 """
 
 from __future__ import annotations
@@ -333,7 +333,35 @@ def _training_forward(detector: keras.Model):
 
         spec = tf.TensorSpec((None, *detector.input.shape[1:]), tf.float32)
         forward = tf.function(forward, input_signature=[spec])
+    elif keras.backend.backend() == "jax":
+        forward = _jax_training_forward(preprocess, base)
     _TRAINING_FORWARDS[detector] = forward
+    return forward
+
+
+def _jax_training_forward(preprocess: keras.Model, base: keras.Model):
+    """The same pass on JAX as one ``jax.jit`` function (compiled per batch shape).
+
+    Eagerly, JAX dispatches every op of the backbone on its own. Keras layers on JAX are pure
+    through ``stateless_call``: the compiled function returns the backbone's new non-trainable
+    values (the BatchNorm statistics among them), which are then assigned.
+    """
+    import jax
+
+    def pure(preprocess_values, trainable, fixed, batch):
+        scaled, _ = preprocess.stateless_call(*preprocess_values, batch)
+        _, new_fixed = base.stateless_call(trainable, fixed, scaled, training=True)
+        return new_fixed
+
+    compiled = jax.jit(pure)
+
+    def forward(batch):
+        values = ([v.value for v in preprocess.trainable_variables], [v.value for v in preprocess.non_trainable_variables])
+        new_fixed = compiled(values, [v.value for v in base.trainable_variables],
+                             [v.value for v in base.non_trainable_variables], batch)
+        for variable, value in zip(base.non_trainable_variables, new_fixed):
+            variable.assign(value)
+
     return forward
 
 
