@@ -318,7 +318,7 @@ def run_bench(args: argparse.Namespace) -> int:
     device, device_text = device_label()
     report = Path(args.out) / f"device-{device}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
-    command = "medfake bench device " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    command = _command_line(args)
     protocol = Protocol()  # the paper config's (tests/bench/test_device.py): no config or MLflow import here
     started = time.perf_counter()
     settings = {"backend": keras.backend.backend(), "device": device, "size": args.size, "batch": args.batch, "steps": args.steps,
@@ -357,3 +357,28 @@ def run_bench(args: argparse.Namespace) -> int:
     print("\n".join(render(latency, training, settings, device_text, command, skipped, failures, protocol)))
     print(f"wrote {report}")
     return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The run's command with every option spelled out, for the report."""
+    names = ("models", "train_models", "size", "batch", "steps", "warmup", "train_steps", "max_batch", "precision",
+             "time_limit", "out")
+    options = " ".join(f"--{name.replace('_', '-')} {shlex.quote(str(getattr(args, name)))}" for name in names)
+    return f"medfake bench device {options}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medfake.bench.device``: the same benchmark on a machine with only keras, numpy and a
+    backend installed (the CLI's other steps need MLflow, pydicom, …; this one does not)."""
+    parser = argparse.ArgumentParser(prog="python -m medfake.bench.device", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_bench_arguments(parser)
+    try:
+        return run_bench(parser.parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

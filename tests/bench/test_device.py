@@ -86,3 +86,20 @@ def test_bench_device_refuses_bad_options(capsys):
     assert cli.main(["bench", "device", "--models", "Xception", "--size", "32", "--train-models", "none"]) == 2
     assert "--size 32 is below the minimum input size of Xception (min 71)" in capsys.readouterr().err
     assert cli.main(["bench", "device", "--models", "NoSuchNet"]) == 2
+
+
+def test_module_runs_without_the_cli_dependencies(capsys):
+    """A GPU machine may hold only keras, numpy and JAX: `python -m medfake.bench.device` imports nothing else."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, medfake.bench.device as d; "
+             "print(sorted(m for m in ('mlflow', 'yaml', 'pydicom', 'pandas', 'sklearn', 'tensorflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    from medfake.bench import device
+
+    assert device.main(["--models", "Xception", "--size", "32", "--train-models", "none"]) == 2
+    assert "below the minimum input size of Xception" in capsys.readouterr().err
