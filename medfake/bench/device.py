@@ -181,7 +181,7 @@ def measure_training(name: str, size: int, batch: int, steps: int, precision: st
         rate_at(batch)
         best, best_rate, stopped = largest_batch(rate_at, batch, cap)
     finally:
-        del model
+        model = None  # the closure holds the model too: drop it before collecting
         _release()
     return TrainResult(name, precision, batch, rates[batch], first_call[batch], best, best_rate, stopped)
 
@@ -339,6 +339,7 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.time_limit and time.perf_counter() - started > args.time_limit:
             skipped.append(f"{name} {kind}: --time-limit {args.time_limit:.0f} s reached")
             continue
+        failed = len(failures)
         try:
             if kind == "latency":
                 latency.append(measure_latency(name, args.size, args.batch, args.steps, args.warmup))
@@ -350,7 +351,7 @@ def run_bench(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - one backbone's failure must not lose the others' rows
             failures.append(f"{name} {kind}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
             _release()
-        print(f"  {kind} {name}: {'failed' if failures and failures[-1].startswith(name) else 'done'} "
+        print(f"  {kind} {name}: {'failed' if len(failures) > failed else 'done'} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         write()
     write()
