@@ -22,6 +22,19 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 
+def model_names(text: str) -> list[str]:
+    """A ``--models`` value: "all" (the registry's 13), "none" or empty (no backbone), or a comma list
+    of registry names in any spelling the registry takes (unknown names are a UserError)."""
+    from medfake.models.registry import get_backbone, list_backbones
+
+    text = text.strip()
+    if text.lower() == "all":
+        return [backbone.name for backbone in list_backbones()]
+    if text.lower() in ("", "none"):
+        return []
+    return [get_backbone(name.strip()).name for name in text.split(",") if name.strip()]
+
+
 def write_report(path: str | Path, lines: list[str]) -> None:
     """Write a benchmark's markdown report (creating its folder) and print it."""
     path = Path(path)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfake.bench import model_names
 from medfake.bench.latency import random_ct_batch
 from medfake.bench.protocol_cost import Protocol, StepCosts, run_seconds, study_seconds
 from medfake.core.device import device_label, interleaved_step_times_ms
@@ -67,17 +68,6 @@ class TrainResult:
     max_batch: int
     max_images_s: float
     stopped: str  # why the batch search ended
-
-
-def model_names(text: str) -> list[str]:
-    from medfake.models.registry import get_backbone, list_backbones
-
-    text = text.strip()
-    if text.lower() == "all":
-        return [backbone.name for backbone in list_backbones()]
-    if text.lower() in ("", "none"):
-        return []
-    return [get_backbone(name.strip()).name for name in text.split(",") if name.strip()]
 
 
 def _release() -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfake.bench import model_names
 from medfake.bench.latency_report import EXPERIMENT, HU_RANGE, LatencyRow, fmt_ms, log_to_mlflow, render_markdown
 from medfake.core.device import device_label, interleaved_step_times_ms
 from medfake.core.errors import UserError
@@ -238,15 +239,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from medfake.models.registry import get_backbone, list_backbones
+    from medfake.models.registry import get_backbone
 
     if args.size < 1 or args.batch < 1:
         raise UserError(f"--size and --batch must be positive, got {args.size} and {args.batch}")
     rows_asked = parse_rows(args.runtime, args.precision)
-    if args.models.strip().lower() == "all":
-        models = [b.name for b in list_backbones()]
-    else:
-        models = [get_backbone(name.strip()).name for name in args.models.split(",") if name.strip()]
+    models = model_names(args.models)
+    if not models:
+        raise UserError("--models names no backbone")
     too_small = [f"{get_backbone(m).name} (min {get_backbone(m).min_size})" for m in models if args.size < get_backbone(m).min_size]
     if too_small:
         raise UserError(f"--size {args.size} is below the minimum input size of {', '.join(too_small)}")

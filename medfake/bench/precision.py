@@ -17,7 +17,7 @@ import platform
 import shlex
 import sys
 
-from medfake.bench import write_report
+from medfake.bench import model_names, write_report
 from medfake.core.contract import REDUCED_PRECISION_TOLERANCE, RUNTIME_DELTA_PREFIX, TAG_MODEL
 
 EXPERIMENT = "medfake-bench-precision"
@@ -67,14 +67,12 @@ def run_bench(args: argparse.Namespace) -> int:
     from medfake.core import tracking
     from medfake.core.device import cpu_description
     from medfake.core.errors import UserError
-    from medfake.models.registry import get_backbone, list_backbones
 
     if args.epochs < 1:
         raise UserError("--epochs must be ≥ 1")
     if args.models == "none" and not args.run:
         raise UserError("--models none lists only --run runs: give at least one --run RUN_ID")
-    names = ([b.name for b in list_backbones()] if args.models == "all" else [] if args.models == "none"
-             else [get_backbone(n).name for n in args.models.split(",") if n.strip()])
+    names = model_names(args.models)
     tracking.setup(args.experiment)
     started = dt.datetime.now(dt.timezone.utc)
     runs, failures = _train_each(names, args.epochs, args.experiment)

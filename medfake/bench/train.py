@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from medfake.bench import write_report
+from medfake.bench import model_names, write_report
 from medfake.bench.protocol_cost import StepCosts, run_seconds
 
 
@@ -70,7 +70,6 @@ def _train_rate(name: str, size: int, precision: str, steps: int, batch: int = 8
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from medfake.models.registry import get_backbone, list_backbones
     from medfake.core.config import load_config
     from medfake.data.preprocess import ensure_dataset
     from medfake.core.device import cpu_description
@@ -87,7 +86,7 @@ def run_bench(args: argparse.Namespace) -> int:
     naive_projected = naive_s / args.naive_epochs * args.phase1_epochs
     agree = abs(cached_common.best_val_loss - naive_state.best_val_loss)
 
-    names = [b.name for b in list_backbones()] if args.models == "all" else [get_backbone(m).name for m in args.models.split(",")]
+    names = model_names(args.models)
     rows = []
     for name in names:
         f32 = _train_rate(name, args.size, "float32", args.steps)
