@@ -86,6 +86,7 @@ class TrainConfig:
     unfreeze: str = "all"
     feature_cache: bool = True
     bn_recalibration_batches: int = 0
+    ema_momentum: float = 0.0
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     jit_compile: Literal["auto", "true", "false"] = "auto"
 

@@ -8,6 +8,7 @@ images read batch by batch from the memory-mapped dataset. Batch order is a func
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -97,19 +98,37 @@ class Checkpoints:
         state = self.paths(phase)[2]
         return PhaseState.from_json(state.read_text()) if state.is_file() else None
 
-    def save(self, model, state: PhaseState, improved: bool) -> None:
-        last, best, state_file = self.paths(state.phase)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = last.with_name("tmp." + last.name)
-        model.save_weights(tmp)
-        tmp.replace(last)
-        if improved:
-            tmp = best.with_name("tmp." + best.name)
-            model.save_weights(tmp)
-            tmp.replace(best)
+    def save_best(self, model, phase: int) -> None:
+        self._write(model, self.paths(phase)[1])
+
+    def save(self, model, state: PhaseState) -> None:
+        """The current weights and the phase state (the best weights were saved before)."""
+        last, _, state_file = self.paths(state.phase)
+        self._write(model, last)
         tmp_state = state_file.with_suffix(".tmp")
         tmp_state.write_text(state.to_json())
         tmp_state.replace(state_file)
+
+    def _write(self, model, path: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("tmp." + path.name)
+        model.save_weights(tmp)
+        tmp.replace(path)
+
+
+@contextlib.contextmanager
+def averaged_weights(model):
+    """Inside: the model's trainable weights are its optimizer's moving average; after: as before."""
+    import keras
+
+    variables = model.trainable_variables
+    current = [keras.ops.convert_to_numpy(v) for v in variables]
+    model.optimizer.finalize_variable_values(variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, current):
+            variable.assign(value)
 
 
 def train_epoch(model, x, y=None) -> float:
@@ -145,10 +164,14 @@ def run_phase(
     on_epoch: Callable[[int, dict], None] | None = None,
     checkpoints: Checkpoints | None = None,
     progress: bool = True,
+    average: bool = False,
 ) -> PhaseState:
     """Train ``epochs`` epochs; afterwards the model holds its lowest-val-loss weights.
 
     ``train_data(epoch)`` returns ``fit`` arguments for one epoch (x, y) or (dataset, None).
+    ``average``: validate (and keep) the optimizer's moving average of the weights, not the last step's
+    (the model must be compiled with an optimizer built with ``use_ema``); training goes on from the
+    last step's weights.
     """
     from sklearn.metrics import roc_auc_score
     from tqdm import tqdm
@@ -169,14 +192,17 @@ def run_phase(
     for epoch in range(state.epochs_done, epochs):
         x, y = train_data(epoch)
         loss = train_epoch(model, x, y)
-        scores = np.asarray(val_scores()).reshape(-1)
-        val_loss = bce(y_val, scores)
+        with averaged_weights(model) if average else contextlib.nullcontext():
+            scores = np.asarray(val_scores()).reshape(-1)
+            val_loss = bce(y_val, scores)
+            improved = val_loss < state.best_val_loss
+            if improved:  # what the phase keeps: the weights just validated (the average, with average)
+                state.best_val_loss, state.best_epoch = val_loss, epoch
+                best_weights = model.get_weights()
+                if checkpoints is not None:
+                    checkpoints.save_best(model, phase)
         val_auc = float(roc_auc_score(y_val, scores)) if len(set(np.asarray(y_val).tolist())) == 2 else float("nan")
         logs = {"loss": loss, "val_loss": val_loss, "val_auc": val_auc}
-        improved = val_loss < state.best_val_loss
-        if improved:
-            state.best_val_loss, state.best_epoch = val_loss, epoch
-            best_weights = model.get_weights()
         state.epochs_done = epoch + 1
         state.history.append({"epoch": epoch, **logs})
         bar.update(1)
@@ -184,7 +210,7 @@ def run_phase(
         if on_epoch is not None:  # log first: a resumed run never misses a logged epoch
             on_epoch(epoch, logs)
         if checkpoints is not None:
-            checkpoints.save(model, state, improved)
+            checkpoints.save(model, state)
     bar.close()
     if best_weights is not None:
         model.set_weights(best_weights)

@@ -73,11 +73,12 @@ def _seed_everything(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _compile(model, lr: float, cfg: Config, jit: bool) -> None:
+def _compile(model, lr: float, cfg: Config, jit: bool, ema: float = 0.0) -> None:
     import keras
 
+    averaging = {"use_ema": True, "ema_momentum": ema} if ema else {}
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2),
+        optimizer=keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2, **averaging),
         loss="binary_crossentropy",
         jit_compile=jit,
     )
@@ -169,7 +170,8 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         det.set_backbone_trainable(model, cfg.train.unfreeze, freeze_batchnorm=not from_scratch)
         if from_scratch:
             det.set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
-        _compile(model, phase2_lr, cfg, jit)
+        ema = _ema_momentum(cfg)
+        _compile(model, phase2_lr, cfg, jit, ema)
 
         def phase2_data(epoch):
             order = fitting.epoch_order(cfg.seed, 2, epoch, len(train_rows))
@@ -185,6 +187,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
             model, 2, cfg.train.phase2_epochs, phase2_data,
             phase2_val, y_val,
             on_epoch=lambda e, logs: log_epoch(2, e, logs), checkpoints=checkpoints, progress=progress,
+            average=ema > 0,
         )
     timings["phase2_seconds"] = time.perf_counter() - t1
     epochs2 = state2.epochs_done if state2 else 0
@@ -206,6 +209,13 @@ def phase2_rate(cfg: Config, normalised: bool) -> float:
     if rate <= 0:
         raise UserError(f"the phase-2 learning rate must be > 0, not {rate}")
     return rate
+
+
+def _ema_momentum(cfg: Config) -> float:
+    momentum = cfg.train.ema_momentum
+    if not 0 <= momentum < 1:
+        raise UserError(f"train.ema_momentum must be in [0, 1), not {momentum}")
+    return float(momentum)
 
 
 def _recalibration_batches(cfg: Config, train_rows: np.ndarray) -> list[np.ndarray]:

@@ -50,7 +50,7 @@ from medfake.training.train import resolve_plan, train
 from tiny_data import TINY, tiny_dataset
 
 assert keras.backend.backend() == "jax"
-cfg = load_config("quickstart", [*TINY, "train.bn_recalibration_batches=2"])
+cfg = load_config("quickstart", [*TINY, "train.bn_recalibration_batches=2", "train.ema_momentum=0.98"])
 dataset = tiny_dataset(cache_path(cfg, "d" * 16), phantom_like=True)
 run = mlflow.get_run(train(resolve_plan("mobilenetv3large", cfg, "screen"), data_digest=dataset.digest, progress=False))
 folder = sys.argv[1]
@@ -96,6 +96,7 @@ def test_train_grad_cam_and_recalibration_on_jax_without_tensorflow(tmp_path, tr
     for key in ("test_auc", "test_h", "test_auc_true", "phase2_seconds", "latency_ms_mean"):
         assert key in result["metrics"], key
     assert result["params"]["model"] == "MobileNetV3Large" and result["params"]["train.bn_recalibration_batches"] == "2"
+    assert result["params"]["train.ema_momentum"] == "0.98"
     maps = np.load(tmp_path / "jax_maps.npy")
     assert maps.shape == expected.shape == (2, 32, 32)
     assert np.abs(expected).max() > 0

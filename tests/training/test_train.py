@@ -72,6 +72,16 @@ def test_batchnorm_recalibration_rows_are_distinct_training_rows_fixed_per_seed(
         _recalibration_batches(tiny_plan(["train.bn_recalibration_batches=-1"]).cfg, rows)
 
 
+def test_weight_average_momentum_is_checked_and_off_in_the_paper():
+    from medfake.training.train import _ema_momentum
+
+    assert load_config("paper").train.ema_momentum == 0  # the study keeps the last step's weights
+    assert _ema_momentum(tiny_plan(["train.ema_momentum=0.9"]).cfg) == pytest.approx(0.9)
+    for bad in ("1", "-0.1"):
+        with pytest.raises(UserError, match=r"train.ema_momentum must be in \[0, 1\)"):
+            _ema_momentum(tiny_plan([f"train.ema_momentum={bad}"]).cfg)
+
+
 def test_unknown_model_and_small_size_are_one_line_errors():
     with pytest.raises(UserError, match="Xception"):
         tiny_plan(model="resnet9000")
@@ -87,7 +97,8 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     from medfake.data.preprocess import cache_path
     from medfake.training.train import resolve_plan, train
 
-    cfg = load_config("quickstart", [*TINY, "train.bn_recalibration_batches=2"])  # as the quickstart's recipe
+    ema = load_config("quickstart").train.ema_momentum
+    cfg = load_config("quickstart", [*TINY, "train.bn_recalibration_batches=2", f"train.ema_momentum={ema}"])  # as the quickstart's recipe
     dataset = tiny_dataset(cache_path(cfg, "d" * 16), phantom_like=True)
     plan = resolve_plan("mobilenetv3large", cfg, "screen")
     run_id = train(plan, data_digest=dataset.digest, progress=False)
@@ -112,7 +123,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     assert not [k for k in metrics if "scan_" in k]  # a tiny frame without series: no scan-level keys
     assert tags["medfake.stage"] == "screen" and tags["medfake.data_digest"] == dataset.digest
     assert params["model"] == "MobileNetV3Large" and params["weights_used"] == "none"
-    assert params["train.bn_recalibration_batches"] == "2"
+    assert params["train.bn_recalibration_batches"] == "2" and float(params["train.ema_momentum"]) == ema > 0
     assert float(params["phase2_lr_used"]) == float(params["train.phase2_lr"])  # BatchNorm: the shared rate
     history = mlflow.MlflowClient().get_metric_history(run_id, "phase1_val_loss")
     assert [m.step for m in history] == [0, 1, 2]
@@ -161,8 +172,8 @@ def test_interrupted_run_is_killed_then_resumes(tmp_path, tracking_store, monkey
     real_save = fitting.Checkpoints.save
     calls = {"n": 0}
 
-    def save_then_die(self, model, state, improved):
-        real_save(self, model, state, improved)
+    def save_then_die(self, model, state):
+        real_save(self, model, state)
         calls["n"] += 1
         if calls["n"] == 2:  # after the second epoch of phase 1
             raise KeyboardInterrupt
