@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from medfake.models.detector import dtype_policy
 from medfake.training import fitting
 
 
@@ -61,7 +62,7 @@ def test_an_epoch_batch_by_batch_trains_as_keras_fit_does():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def _averaging_run(average: bool, momentum: float, epochs: int = 2):
+def _averaging_run(average: bool, momentum: float, epochs: int = 2, precision: str = "float32"):
     """A small model through ``run_phase`` with Adam's weight average; returns the model, the phase state
     and the trainable weights after every step (recorded as each batch is fetched and after each epoch)."""
     import keras
@@ -70,9 +71,10 @@ def _averaging_run(average: bool, momentum: float, epochs: int = 2):
     images = rng.normal(0, 50, (12, 4, 4)).astype(np.int16)
     labels = (np.arange(12) % 2).astype(np.float32)
     keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=keras.optimizers.Adam(5e-2, use_ema=True, ema_momentum=momentum), loss="binary_crossentropy")
+    with dtype_policy(precision):
+        model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid", dtype="float32")])
+        model.compile(optimizer=keras.optimizers.Adam(5e-2, use_ema=True, ema_momentum=momentum), loss="binary_crossentropy")
     steps: list[list[np.ndarray]] = []
 
     class Recorded(keras.utils.PyDataset):
@@ -101,10 +103,11 @@ def _averaging_run(average: bool, momentum: float, epochs: int = 2):
     return model, state, steps[1:]  # steps[0]: the weights before the first step
 
 
-def test_averaging_validates_and_keeps_the_moving_average_and_trains_as_without():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])  # bfloat16: float32 weights, bfloat16 compute
+def test_averaging_validates_and_keeps_the_moving_average_and_trains_as_without(precision):
     momentum = 0.6
-    plain, plain_state, _ = _averaging_run(False, momentum, epochs=2)
-    averaged, state, after_step = _averaging_run(True, momentum, epochs=1)
+    plain, plain_state, _ = _averaging_run(False, momentum, epochs=2, precision=precision)
+    averaged, state, after_step = _averaging_run(True, momentum, epochs=1, precision=precision)
     # One epoch: what is kept is the moving average of the weights after each step (the first step
     # starts it), not the last step's weights (`after_step[-1]`, recorded after validation).
     expected = after_step[0]
