@@ -46,7 +46,7 @@ class Plan:
 
 
 def resolve_plan(model: str, cfg: Config, stage: str) -> Plan:
-    """Validate the model name and the size against the registry; errors are one line."""
+    """Validate the model name, the size against the registry and the weight average; errors are one line."""
     if model.strip().lower() == BASELINE:
         name = BASELINE
     else:
@@ -58,6 +58,7 @@ def resolve_plan(model: str, cfg: Config, stage: str) -> Plan:
             raise UserError(
                 f"data.image_size {cfg.data.image_size} is below {name}'s minimum input size {backbone.min_size}"
             )
+        _ema_momentum(cfg)
     cfg = cfg.replace(**{"model.backbone": name})
     return Plan(cfg=cfg, model=name, stage=stage, run_name=f"{name}-s{cfg.seed}")
 
@@ -112,6 +113,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
     y_val = m.loc[val_rows, "label"].to_numpy(np.float32)
     batch = cfg.train.batch_size
     recalibration = _recalibration_batches(cfg, train_rows) if weights_value is None else []
+    ema = _ema_momentum(cfg)
     timings: dict[str, float] = {}
 
     # Phase 1: backbone frozen.
@@ -170,7 +172,6 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         det.set_backbone_trainable(model, cfg.train.unfreeze, freeze_batchnorm=not from_scratch)
         if from_scratch:
             det.set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
-        ema = _ema_momentum(cfg)
         _compile(model, phase2_lr, cfg, jit, ema)
 
         def phase2_data(epoch):

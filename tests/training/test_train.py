@@ -77,9 +77,9 @@ def test_weight_average_momentum_is_checked_and_off_in_the_paper():
 
     assert load_config("paper").train.ema_momentum == 0  # the study keeps the last step's weights
     assert _ema_momentum(tiny_plan(["train.ema_momentum=0.9"]).cfg) == pytest.approx(0.9)
-    for bad in ("1", "-0.1"):
+    for bad in ("1", "-0.1"):  # refused when the plan is resolved, before any run or work starts
         with pytest.raises(UserError, match=r"train.ema_momentum must be in \[0, 1\)"):
-            _ema_momentum(tiny_plan([f"train.ema_momentum={bad}"]).cfg)
+            tiny_plan([f"train.ema_momentum={bad}"])
 
 
 def test_unknown_model_and_small_size_are_one_line_errors():
