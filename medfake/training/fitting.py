@@ -48,6 +48,24 @@ def image_batches(images, rows: np.ndarray, labels: np.ndarray, batch_size: int)
     return _Batches()
 
 
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """Arrays (the phase-1 feature cache) and labels as a PyDataset of batches in the given order:
+    ``fit`` must not reshuffle, so the cached and naive phase-1 paths see the same batches."""
+    import keras
+
+    class _Ordered(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+
+        def __len__(self):
+            return -(-len(x) // batch_size)
+
+        def __getitem__(self, i):
+            return x[i * batch_size : (i + 1) * batch_size], y[i * batch_size : (i + 1) * batch_size, None]
+
+    return _Ordered()
+
+
 def predict_images(model, images, batch_size: int) -> np.ndarray:
     """Model outputs for all rows of an int16 image array, batch by batch (no big copies)."""
     outputs = []

@@ -150,7 +150,7 @@ def train_detector(plan: Plan, dataset: Dataset, checkpoints, log_epoch, progres
         # Same batches as the naive fit: x already in epoch order, fit must not reshuffle.
         def phase1_fit_data(epoch):
             x, y = phase1_data(epoch)
-            return _batched(x, y, batch)
+            return fitting.array_batches(x, y, batch), None
     else:
         phase1_fit_data = phase1_data
     state1 = fitting.run_phase(
@@ -229,23 +229,6 @@ def _recalibration_batches(cfg: Config, train_rows: np.ndarray) -> list[np.ndarr
     take = min(count * size, len(train_rows))
     chosen = np.random.default_rng([cfg.seed, 2]).choice(train_rows, take, replace=False)
     return [np.sort(chosen[start:start + size]) for start in range(0, take, size)]
-
-
-def _batched(x: np.ndarray, y: np.ndarray, batch: int):
-    """Features and labels as a PyDataset of fixed-order batches (no reshuffling by fit)."""
-    import keras
-
-    class _Ordered(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-
-        def __len__(self):
-            return -(-len(x) // batch)
-
-        def __getitem__(self, i):
-            return x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch, None]
-
-    return _Ordered(), None
 
 
 # -- the step -------------------------------------------------------------------------------
