@@ -68,12 +68,12 @@ def _detector(args: argparse.Namespace, workdir: Path):
         kind, location = resolve_model(args.model)
         if kind == "file":
             return rt.load_keras_file(Path(location)), args.model, args.model
-        import mlflow
-
         import medfake.models.detector  # noqa: F401 - the detector's own layers, for loading
+        from medfake.core import logged_models
+
         if "keras" not in mlflow_model_info(location).flavors:
             raise UserError(f"--model {args.model}: the naive loop needs a Keras detector")
-        return mlflow.keras.load_model(location, load_model_kwargs={"compile": False}), args.model, args.model
+        return logged_models.load_keras(location), args.model, args.model
     from medfake.bench.latency import calibrate_random_detector, random_ct_batch
     from medfake.models.detector import build_detector
 

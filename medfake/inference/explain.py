@@ -88,10 +88,10 @@ def load_detector(text: str) -> Detector:
     if "keras" not in info.flavors:
         raise UserError(f"--model {location} is not a Keras CNN (flavours: {', '.join(sorted(info.flavors))}): the "
                         "HU-histogram baseline has no convolutional block to explain")
-    import mlflow
-
     import medfake.models.detector  # noqa: F401 - registers the detector's own layers for loading
-    model = mlflow.keras.load_model(location, load_model_kwargs={"compile": False})
+    from medfake.core import logged_models
+
+    model = logged_models.load_keras(location)
     return _keras_detector(model, run_id)
 
 

@@ -68,12 +68,12 @@ def mlflow_model_info(uri: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from medfake.core import tracking
+    from medfake.core import logged_models, tracking
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(tracking.DEFAULT_TRACKING_URI)
     try:
-        return mlflow.models.get_model_info(uri)
+        return logged_models.model_info(uri)
     except MlflowException as exc:
         message = " ".join(str(exc).split())
         alias = re.match(r"^models:/([^@/]+)@(.+)$", uri)
@@ -209,16 +209,15 @@ def load_scorer(model: str, runtime: str = "auto", precision: str = CHECKED, end
         if runtime not in ("auto", "keras"):
             raise UserError(f"--model {location} is not a Keras model (flavours: {', '.join(info.flavors)}); "
                             f"it runs as an MLflow pyfunc only, not with runtime {runtime}")
-        import mlflow
+        from medfake.core import logged_models
 
-        pyfunc = mlflow.pyfunc.load_model(location)
+        pyfunc = logged_models.load_pyfunc(location)
         size = image_size or size_from_signature(info)
         return Scorer("pyfunc", lambda batch: np.asarray(pyfunc.predict(batch), np.float32).reshape(-1), size)
-    import mlflow
-
     import medfake.models.detector  # noqa: F401 - registers the detector's own layers for loading
-    # compile=False: scoring needs no optimizer (and Keras would warn that it skips its variables)
-    keras_model = mlflow.keras.load_model(location, load_model_kwargs={"compile": False})
+    from medfake.core import logged_models
+
+    keras_model = logged_models.load_keras(location)
     return _keras_scorer(keras_model, info.model_uuid, _run_metrics(info.run_id), runtime, precision, image_size, notes)
 
 

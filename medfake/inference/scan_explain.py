@@ -58,10 +58,10 @@ def _keras_model(kind: str, location: str):
         return rt.load_keras_file(Path(location))  # the scorer loaded the same file already: it loads
     if "keras" not in mlflow_model_info(location).flavors:
         return None
-    import mlflow
-
     import medfake.models.detector  # noqa: F401 - registers the detector's own layers for loading
-    return mlflow.keras.load_model(location, load_model_kwargs={"compile": False})
+    from medfake.core import logged_models
+
+    return logged_models.load_keras(location)
 
 
 def explainer_for(model_text: str, scorer: Scorer, endpoint: bool, window: tuple[float, float]) -> Explainer:

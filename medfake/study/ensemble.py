@@ -158,11 +158,12 @@ def model_label(combiner: str, names: list[str]) -> str:
 
 def load_member(run):
     """A member's logged detector (MLflow Keras flavour), uncompiled."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
+    from medfake.core import logged_models
+
     try:
-        return mlflow.keras.load_model(f"runs:/{run.info.run_id}/model", load_model_kwargs={"compile": False})
+        return logged_models.load_keras(f"runs:/{run.info.run_id}/model")
     except (MlflowException, OSError) as exc:
         raise UserError(f"member {model_of(run)} ({run.info.run_id}) has no loadable Keras model "
                         f"({' '.join(str(exc).split())[:160]})") from None

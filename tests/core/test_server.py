@@ -125,8 +125,12 @@ def test_train_promote_scan_through_the_server(team_server, tmp_path, monkeypatc
     phantom = write_phantom(tmp_path / "phantom", scans=2, lidc_scans=1, size=64, slices=32, seed=5)
     report_file = tmp_path / "scan.json"
     capsys.readouterr()
+    scratch = tmp_path / "scratch"  # the temporary folder: the champion's download goes once scored
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert main(["scan", str(phantom.lidc_root), "--json", str(report_file), "--quiet",
                  "--mlflow", "--experiment", "medfake-test-scan"]) == 0
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("__autograph_generated_file")] == []
     report = json.loads(report_file.read_text())
     assert report["series"] and all(0 <= r["score"] <= 1 for s in report["series"] for r in s["scores"])
     scan_exp = client.get_experiment_by_name("medfake-test-scan")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import socket
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -261,10 +262,13 @@ def register_champion(model) -> str:
 
 
 def test_cli_scan_with_the_champion_json_plot_and_no_patient_data(phantom, tiny_trained, store, tmp_path,
-                                                                 capsys):
+                                                                 capsys, monkeypatch):
     from medfake.cli import main
 
     run_id = register_champion(tiny_trained["model"])
+    scratch = tmp_path / "scratch"  # the temporary folder: scans leave nothing in it
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     folder = ctgan_folder(phantom, tiny_trained["key"])
     out_json, out_png = tmp_path / "scan.json", tmp_path / "scan.png"
     assert main(["scan", str(folder), "--json", str(out_json), "--plot", str(out_png), "--quiet"]) == 0
@@ -288,6 +292,9 @@ def test_cli_scan_with_the_champion_json_plot_and_no_patient_data(phantom, tiny_
     (one,) = single["series"][0]["scores"]
     assert one["slice"] == 7 and one["file"] == "7.dcm"
     assert one["score"] == pytest.approx(next(r["score"] for r in s["scores"] if r["slice"] == 7), abs=1e-3)
+    # MLflow's reader left a copy of the run's model per scan (TensorFlow's autograph keeps a few KB
+    # of generated source per traced function there: its own, and no copy of anything)
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("__autograph_generated_file")] == []
 
 
 def test_scan_root_logged_to_mlflow_without_folder_names(phantom, truth_scorer, store, tmp_path):
