@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("MEDFAKE_OFFLINE", "1")
@@ -34,6 +35,19 @@ def tracking_store(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    """``artifact(run_id, path)``: a run's artifact, downloaded into the test's own folder (MLflow's
+    default is a new folder under /tmp per call, never removed)."""
+    import mlflow
+
+    def fetch(run_id: str, path: str) -> Path:
+        folder = tempfile.mkdtemp(prefix="artifact-", dir=tmp_path)
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=folder))
+
+    return fetch
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from medfake.core.config import load_config
 from medfake.data.preprocess import Dataset, load_dataset
-from medfake.core.errors import UserError
 
 TINY = [
     "data.image_size=32", "train.batch_size=8", "train.phase1_epochs=3", "train.phase2_epochs=1",

@@ -13,6 +13,7 @@ the screenshots to ``reports/ui/``; otherwise they go to the test's tmp folder.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -76,11 +77,15 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
                 "--disable-dev-shm-usage"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    # TMPDIR: Chromium's profile and singleton-socket folders go once the test ends (a short path:
+    # a socket's path must fit in 108 bytes, which pytest's tmp_path does not)
+    with tempfile.TemporaryDirectory(prefix="medfake-ui-") as scratch:
+        service = Service(str(CHROMEDRIVER), env={**os.environ, "TMPDIR": scratch})
+        driver = webdriver.Chrome(options=options, service=service)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def _screenshot_dir(tmp_path: Path) -> Path:

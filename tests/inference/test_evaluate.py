@@ -39,7 +39,7 @@ def one_line_error(code: int, err: str, *needles: str) -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_a_trained_detector_on_another_dataset(tracking_store, capsys):
+def test_evaluate_a_trained_detector_on_another_dataset(tracking_store, capsys, artifact):
     import mlflow
     from sklearn.metrics import roc_auc_score
 
@@ -73,7 +73,7 @@ def test_evaluate_a_trained_detector_on_another_dataset(tracking_store, capsys):
     assert not any(key.endswith(contract.TRUE_SUFFIX) for key in metrics)
     assert err.count("truth metrics: none") == 1
     # The logged AUC is the one recomputed from the logged predictions.
-    pred = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions/test.csv"))
+    pred = pd.read_csv(artifact(run.info.run_id, "predictions/test.csv"))
     assert tuple(pred.columns) == contract.PREDICTION_COLUMNS
     assert pred["scan_id"].str.startswith("x").all()
     assert roc_auc_score(pred["label"], pred["score"]) == pytest.approx(metrics["test_auc"], abs=1e-6)

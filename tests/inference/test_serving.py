@@ -161,7 +161,8 @@ def test_real_scoring_server_round_trip(tracking_store, tmp_path, capsys):
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT,
         # the server execs `uvicorn` from PATH: the venv's bin must be on it, as in an activated venv
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_store,
+        # TMPDIR: the server's copy of the model goes with the test's folder when it is killed
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_store, "TMPDIR": str(tmp_path),
              "PATH": os.pathsep.join([str(mlflow_exe.parent), os.environ.get("PATH", "")])},
     )
     try:

@@ -190,7 +190,7 @@ def test_openvino_export_sends_no_usage_events(tmp_path):
     export starts none (a fresh HOME has no opt-out file, so the converter's own default would send)."""
     pytest.importorskip("openvino")
     env = {key: value for key, value in os.environ.items() if key not in ("CI", "TF_BUILD", "JENKINS_URL")}
-    env["HOME"] = str(tmp_path)
+    env["HOME"] = env["TMPDIR"] = str(tmp_path)  # the export folder goes with the test's
     done = subprocess.run([sys.executable, "-c", OFFLINE_EXPORT], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -241,13 +241,14 @@ with tracking.run("medfake-sigterm", "openvino-check", "screen"):
 
 
 @pytest.mark.slow
-def test_sigterm_after_an_openvino_load_ends_the_run_killed(tracking_store):
+def test_sigterm_after_an_openvino_load_ends_the_run_killed(tracking_store, tmp_path):
     """A real process, SIGTERMed after loading OpenVINO runtimes (what a train run's runtime check
     and scan do), ends its MLflow run KILLED instead of dying of SIGSEGV with the run RUNNING."""
     from mlflow.tracking import MlflowClient
 
     pytest.importorskip("openvino")
-    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, text=True, env={**os.environ})
+    worker = subprocess.Popen([sys.executable, "-c", WORKER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path)})  # its export folder goes with the test's
     try:
         assert worker.stdout.readline().strip() == "LOADED"
         worker.send_signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ from study_fakes import base_config, fake_run, full_metrics
 from tiny_data import TINY, tiny_dataset
 
 from medfake.cli import main
-from medfake.core import contract
+from medfake.core import contract, logged_models
 from medfake.core.errors import UserError
 from medfake.study import ensemble as step
 from medfake.study import ensemble_compare as cmp
@@ -310,12 +310,6 @@ def _ensemble_cli(*extra):
                  "--quiet", *extra])
 
 
-def _artifact(run_id: str, path: str) -> Path:
-    import mlflow
-
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
-
-
 def _newest_ensemble():
     import mlflow
 
@@ -326,7 +320,7 @@ def _newest_ensemble():
 
 
 @pytest.mark.slow
-def test_stacking_ensemble_from_select_logs_a_train_like_run(trained):
+def test_stacking_ensemble_from_select_logs_a_train_like_run(trained, artifact):
     assert _ensemble_cli("--data-digest", "c" * 16, "--combiner", "stacking") == 0
     run = _newest_ensemble()
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
@@ -346,17 +340,17 @@ def test_stacking_ensemble_from_select_logs_a_train_like_run(trained):
     best_auc = max(metrics["member_1_test_auc"], metrics["member_2_test_auc"])
     assert metrics["test_auc_delta_vs_best_member"] == pytest.approx(metrics["test_auc"] - best_auc, abs=1e-9)
     # the logged scores are the stacking formula over the members' own logged test scores
-    stacking = json.loads(_artifact(run.info.run_id, "ensemble/stacking.json").read_text())
+    stacking = json.loads(artifact(run.info.run_id, "ensemble/stacking.json").read_text())
     assert stacking["fitted_on"] == "val" and stacking["val_slices"] == 12
-    ours = pd.read_csv(_artifact(run.info.run_id, "predictions/test.csv"))
-    theirs = [pd.read_csv(_artifact(r.info.run_id, "predictions/test.csv")) for r in ranked]
+    ours = pd.read_csv(artifact(run.info.run_id, "predictions/test.csv"))
+    theirs = [pd.read_csv(artifact(r.info.run_id, "predictions/test.csv")) for r in ranked]
     logits = np.column_stack([logit(frame["score"].clip(1e-9, 1 - 1e-9)) for frame in theirs])
     np.testing.assert_allclose(ours["score"], cmp.combine(logits, "stacking", stacking["weights"], stacking["bias"]),
                                atol=1e-4)
     assert list(ours.columns) == list(contract.PREDICTION_COLUMNS)
-    members = pd.read_csv(_artifact(run.info.run_id, "ensemble/members.csv"))
+    members = pd.read_csv(artifact(run.info.run_id, "ensemble/members.csv"))
     assert members["model"].tolist()[1:] == [step.model_of(r) for r in ranked]
-    assert _artifact(run.info.run_id, "ensemble/comparison.md").read_text().startswith(("Better", "Not better"))
+    assert artifact(run.info.run_id, "ensemble/comparison.md").read_text().startswith(("Better", "Not better"))
     # promote takes it as a candidate like any run with a model and val_h
     from mlflow.tracking import MlflowClient
 
@@ -398,13 +392,12 @@ def test_stacking_never_sees_test_labels(trained, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_served_and_scanned_like_a_single_detector(trained, tmp_path, capsys):
     """`mlflow models serve` answers the ensemble's probabilities; `medfake scan --model RUN` scans a series."""
-    import mlflow
 
     from medfake.inference import serving
 
     assert _ensemble_cli("--runs", ",".join(trained["runs"].values()), "--combiner", "logit-mean") == 0
     run_id = _newest_ensemble().info.run_id
-    local = mlflow.keras.load_model(f"runs:/{run_id}/model", load_model_kwargs={"compile": False})
+    local = logged_models.load_keras(f"runs:/{run_id}/model")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     mlflow_exe = Path(sys.executable).parent / "mlflow"
@@ -413,7 +406,9 @@ def test_served_and_scanned_like_a_single_detector(trained, tmp_path, capsys):
         [str(mlflow_exe), "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local", "-p", str(port),
          "-h", "127.0.0.1", "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PATH": os.pathsep.join([str(mlflow_exe.parent), os.environ.get("PATH", "")])},
+        # TMPDIR: the server's copy of the model goes with the test's folder when it is killed
+        env={**os.environ, "TMPDIR": str(tmp_path),
+             "PATH": os.pathsep.join([str(mlflow_exe.parent), os.environ.get("PATH", "")])},
     )
     try:
         serving.wait_until_ready(url, timeout_s=120, alive=lambda: server.poll() is None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from medfake.study import select as sel
 from medfake.study.launcher import Launcher
 from medfake.models import published as study
 from medfake.cli import main
-from medfake.core.config import load_config
 from medfake.training.metrics import STUDY_VECTOR, h_score
 
 from study_fakes import (  # noqa: F401
@@ -33,7 +31,7 @@ def test_h_of_the_studys_table1_gives_its_table_a1_and_top_six():
     assert set(study.TABLE2) == set(study.TOP_SIX) and len(study.TABLE3) == 13
 
 
-def test_rank_on_test_reproduces_the_studys_choice(project, capsys):
+def test_rank_on_test_reproduces_the_studys_choice(project, capsys, artifact):
     log_study_screen()
     fake_run("baseline", metrics=study_metrics("ResNet50V2", "test") | study_metrics("ResNet50V2", "val")
              | {"test_accuracy": 0.999, "val_accuracy": 0.999})  # the best H, yet never repeated
@@ -56,7 +54,7 @@ def test_rank_on_test_reproduces_the_studys_choice(project, capsys):
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "select")}
     assert {"select/ranking.csv", "select/ranking.md", "select/table2.csv", "select/correlation_all.png",
             "select/correlation_top.png", "select/significance.csv"} <= files
-    ranking_md = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="select/ranking.md")).read_text()
+    ranking_md = artifact(run.info.run_id, "select/ranking.md").read_text()
     assert "| 2 | **ResNet50V2** |" in ranking_md and "| 1 | baseline |" in ranking_md
 
 
@@ -202,7 +200,7 @@ def test_aggregate_is_mean_and_sample_std():
     assert np.isnan(table.loc[("B", "test_auc"), "std"]) and ("A", "val_auc") not in table.index
 
 
-def test_select_run_tables_match_the_runs(project, monkeypatch):
+def test_select_run_tables_match_the_runs(project, monkeypatch, artifact):
     import mlflow
 
     log_study_screen(("ResNet50V2", "DenseNet169", "Xception"))
@@ -232,7 +230,7 @@ def test_select_run_tables_match_the_runs(project, monkeypatch):
     assert len(results.significance) == 1
     run = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string="tags.`medfake.stage` = 'select'",
                              output_format="list")[0]
-    csv = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="select/table2.csv")
+    csv = artifact(run.info.run_id, "select/table2.csv")
     logged = pd.read_csv(csv).set_index(["model", "metric"])
     assert logged.loc[("DenseNet169", "test_f1"), "mean"] == pytest.approx(table.loc[("DenseNet169", "test_f1"), "mean"])
 

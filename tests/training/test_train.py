@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from medfake.core import logged_models
 from medfake.core.config import load_config
-from medfake.data.preprocess import Dataset, load_dataset
 from medfake.core.errors import UserError
 
 from tiny_data import TINY, tiny_dataset, tiny_plan  # noqa: F401
@@ -90,7 +89,7 @@ def test_unknown_model_and_small_size_are_one_line_errors():
 
 
 @pytest.mark.slow
-def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
+def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store, artifact):
     import mlflow
 
     from medfake.cli import main
@@ -132,7 +131,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     # The predictions file reproduces the logged AUC (reports redraw ROC curves from it).
     from sklearn.metrics import roc_auc_score
 
-    pred = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/test.csv"))
+    pred = pd.read_csv(artifact(run_id, "predictions/test.csv"))
     assert roc_auc_score(pred["label"], pred["score"]) == pytest.approx(metrics["test_auc"], abs=1e-6)
     truth = pred["truly_tampered"].fillna(0).astype(int)
     assert roc_auc_score(truth, pred["score"]) == pytest.approx(metrics["test_auc_true"], abs=1e-6)
@@ -141,7 +140,7 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store):
     assert tuple(pred.columns) == PREDICTION_COLUMNS and len(pred) == 12
     # The logged detector scores HU slices through pyfunc exactly like the Keras model.
     x = np.asarray(dataset.images[:4], np.float32)[..., None]
-    scored = np.asarray(mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(x)).reshape(-1)
+    scored = np.asarray(logged_models.load_pyfunc(f"runs:/{run_id}/model").predict(x)).reshape(-1)
     assert scored.shape == (4,) and np.all((scored >= 0) & (scored <= 1))
     # MLflow 3's Models view: the test metrics are linked to the run's logged model.
     (output,) = run.outputs.model_outputs
