@@ -155,6 +155,12 @@ def test_train_end_to_end_logs_the_contract(tmp_path, tracking_store, artifact):
     assert code == 0
     base = mlflow.search_runs(experiment_names=["medfake-test"], filter_string="params.model = 'baseline'")
     assert len(base) == 1 and "metrics.test_h" in base.columns and "metrics.test_recall_fb" in base.columns
+    # `scan --model RUN` of the baseline scores through its pyfunc, as the logged model does
+    from medfake.inference.loading import load_scorer
+
+    scorer = load_scorer(base["run_id"][0])
+    direct = np.asarray(logged_models.load_pyfunc(f"runs:/{base['run_id'][0]}/model").predict(x)).reshape(-1)
+    assert scorer.name == "pyfunc" and np.array_equal(scorer.predict(x), direct.astype(np.float32))
 
 
 @pytest.mark.slow
