@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from typing import Iterator
 from urllib.parse import urlparse
+
+from medfake.core import tracking
 
 
 def _underlying(uri: str) -> str:
@@ -70,7 +71,7 @@ def model_folder(uri: str) -> Iterator[str]:
         return
     from mlflow.artifacts import download_artifacts
 
-    with tempfile.TemporaryDirectory(prefix="medfake-model-") as scratch:
+    with tracking.artifact_tempdir() as scratch:
         yield download_artifacts(artifact_uri=uri, dst_path=scratch)
 
 
@@ -82,7 +83,7 @@ def model_info(uri: str):
     local = _local_folder(uri)
     if local is not None:
         return Model.load(local).get_model_info()
-    with tempfile.TemporaryDirectory(prefix="medfake-model-") as scratch:
+    with tracking.artifact_tempdir() as scratch:
         return Model.load(download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=scratch)).get_model_info()
 
 
